@@ -1,0 +1,1 @@
+"""Media decoding, processors, tokenizers, ToyWorld and benchmark loaders."""

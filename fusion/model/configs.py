@@ -1,0 +1,93 @@
+"""Thinker configurations: the tiny random one for tests, and the published 3B/7B ones shipped in configs/models/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import Qwen2_5OmniThinkerConfig
+
+from fusion.errors import ModelLoadError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODEL_CONFIG_DIR = REPO_ROOT / "configs" / "models"
+REAL_CONFIGS = ("qwen2_5_omni_3b", "qwen2_5_omni_7b")
+
+
+def special_token_config(tokenizer) -> dict:
+    """The thinker config's token-id fields, read from a tokenizer with Qwen's special tokens."""
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(
+        audio_token_index=ids("<|AUDIO|>"), image_token_index=ids("<|IMAGE|>"), video_token_index=ids("<|VIDEO|>"),
+        audio_start_token_id=ids("<|audio_bos|>"), audio_end_token_id=ids("<|audio_eos|>"),
+        vision_start_token_id=ids("<|vision_bos|>"), vision_end_token_id=ids("<|vision_eos|>"),
+        user_token_id=ids("user"), position_id_per_seconds=25, seconds_per_chunk=2,
+    )
+
+
+def small_thinker_config(tokenizer, hidden: int, layers: int, heads: int, kv_heads: int, mrope_section: list[int],
+                         vision_hidden: int, audio_hidden: int, ffn_mult: int = 2) -> Qwen2_5OmniThinkerConfig:
+    """A small thinker of the real HF class around an offline tokenizer (128 mel bins, patch 14, merge 2)."""
+    vocab = -(-len(tokenizer) // 8) * 8
+    return Qwen2_5OmniThinkerConfig(
+        text_config=dict(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn_mult * hidden, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=32768,
+            tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=mrope_section),
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_heads=4,
+            out_hidden_size=hidden, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+            fullatt_block_indexes=[1],
+        ),
+        audio_config=dict(
+            num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=2 * audio_hidden,
+            d_model=audio_hidden, output_dim=hidden, n_window=100, max_source_positions=1500,
+        ),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **special_token_config(tokenizer),
+    )
+
+
+def tiny_config(tokenizer) -> Qwen2_5OmniThinkerConfig:
+    """The tiny random thinker used by tests: text hidden 64 (2 layers, head dim 16), vision/audio width 32."""
+    return small_thinker_config(tokenizer, hidden=64, layers=2, heads=4, kv_heads=2, mrope_section=[2, 3, 3],
+                                vision_hidden=32, audio_hidden=32)
+
+
+def real_config(name_or_file: str | Path) -> Qwen2_5OmniThinkerConfig:
+    """A published thinker config by name (``qwen2_5_omni_3b``/``qwen2_5_omni_7b``) or from a JSON file."""
+    path = Path(name_or_file)
+    if not path.suffix == ".json":
+        path = MODEL_CONFIG_DIR / f"{name_or_file}.json"
+    if not path.is_file():
+        raise ModelLoadError(
+            f"no thinker config at {path}; use one of {list(REAL_CONFIGS)} or the path of a thinker config.json"
+        )
+    data = json.loads(path.read_text())
+    if data.get("model_type") == "qwen2_5_omni":  # a full Omni config: take its thinker part
+        data = data["thinker_config"]
+    return Qwen2_5OmniThinkerConfig(**data)
+
+
+def scaled_config(name: str = "qwen2_5_omni_3b", text_hidden: int = 1024, text_layers: int = 6, heads: int = 8,
+                  kv_heads: int = 2, vision_depth: int = 4, vision_hidden: int = 512, audio_layers: int = 4,
+                  audio_hidden: int = 512) -> Qwen2_5OmniThinkerConfig:
+    """A published config shrunk in width and depth for CPU runs: same token ids, patching, TMRoPE and vocab,
+    head dim 128 (so ``mrope_section`` is unchanged)."""
+    config = real_config(name)
+    text, vision, audio = config.text_config, config.vision_config, config.audio_config
+    text.hidden_size, text.num_hidden_layers = text_hidden, text_layers
+    text.num_attention_heads, text.num_key_value_heads = heads, kv_heads
+    text.intermediate_size = 4 * text_hidden
+    text.layer_types = text.layer_types[:text_layers]
+    vision.depth, vision.hidden_size, vision.embed_dim = vision_depth, vision_hidden, vision_hidden
+    vision.intermediate_size, vision.out_hidden_size = 2 * vision_hidden, text_hidden
+    vision.num_heads = vision_hidden // 64
+    vision.fullatt_block_indexes = [i for i in range(vision_depth) if i % 2 == 1]
+    audio.encoder_layers = audio.num_hidden_layers = audio_layers
+    audio.d_model, audio.encoder_ffn_dim, audio.output_dim = audio_hidden, 4 * audio_hidden, text_hidden
+    audio.encoder_attention_heads = audio_hidden // 64
+    return config

@@ -1,0 +1,114 @@
+"""`load_model`: one entry point for the tiny random thinker, random weights at real sizes, and real checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, WhisperFeatureExtractor
+
+from fusion.errors import ModelLoadError
+from fusion.model.configs import REAL_CONFIGS, real_config, tiny_config
+from fusion.model.thinker import CompressedThinker
+from fusion.pruners import METHODS
+
+TINY = "tiny-random"
+
+
+def tiny_processor():
+    """The offline processor matching :func:`tiny_config` (word-level tokenizer, 128-bin Whisper features).
+
+    Frames are capped at 4x4 merged tokens per grid (112 px) so tiny clips stay tiny.
+    """
+    from fusion.data.processor import OmniProcessor, VideoSettings
+    from fusion.data.tokenizer import DEFAULT_SYSTEM, build_word_tokenizer
+
+    features = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, n_fft=400)
+    video = VideoSettings(min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28)
+    return OmniProcessor(build_word_tokenizer(), features, video, default_system=DEFAULT_SYSTEM)
+
+
+def build_random_thinker(config, seed: int = 0, dtype: torch.dtype | None = None,
+                         attn_implementation: str = "sdpa") -> CompressedThinker:
+    """A thinker of the real HF class with seeded random weights."""
+    config._attn_implementation = attn_implementation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CompressedThinker(config)
+    return model.to(dtype) if dtype is not None else model
+
+
+def load_pretrained_thinker(name_or_path: str, dtype=None, attn_implementation: str = "sdpa",
+                            **hub_kwargs) -> CompressedThinker:
+    """Load only the thinker of a Qwen2.5-Omni checkpoint (hub id or local dir); the talker is never built.
+
+    A full ``Qwen2_5OmniForConditionalGeneration`` checkpoint stores the thinker under ``thinker.``; transformers'
+    own conversion mapping for the thinker class (found through the config's model_type) strips that prefix and
+    the talker/token2wav weights are skipped. A thinker-only directory (as
+    written by ``save_pretrained``) loads directly.
+    """
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"cannot read a config from {name_or_path!r} ({e}); pass a local checkpoint directory, a hub id reachable "
+            f"from this machine, '{TINY}', or one of {list(REAL_CONFIGS)} for random weights"
+        ) from e
+    kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, **hub_kwargs)
+    if config.model_type == "qwen2_5_omni":
+        # transformers' conversion mapping for the thinker strips the `thinker.` prefix and renames legacy keys
+        return CompressedThinker.from_pretrained(name_or_path, config=config.thinker_config, **kwargs)
+    if config.model_type == "qwen2_5_omni_thinker":
+        return CompressedThinker.from_pretrained(name_or_path, config=config, **kwargs)
+    raise ModelLoadError(f"{name_or_path!r} is a {config.model_type!r} checkpoint, not Qwen2.5-Omni")
+
+
+def load_model(
+    name_or_path: str | Path,
+    method: str = "none",
+    retention: float = 1.0,
+    adapter: str | Path | None = None,
+    dtype: torch.dtype | str | None = None,
+    attn_implementation: str = "sdpa",
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    **method_kwargs,
+):
+    """Load a compressed thinker and its processor.
+
+    Args:
+        name_or_path: ``"tiny-random"`` (tests), ``"qwen2_5_omni_3b"``/``"qwen2_5_omni_7b"`` or a thinker
+            config JSON (random weights at that size, for benchmarks; processor is None), or a hub id /
+            local directory of a Qwen2.5-Omni checkpoint (e.g. ``Qwen/Qwen2.5-Omni-7B``).
+        method: registry name of the compressor (``fusion.METHODS``); ``"none"`` keeps everything.
+        retention: fraction of audio/video tokens kept, in (0, 1].
+        adapter: a trained run's adapter directory (LoRA + the learned block).
+        dtype: e.g. ``torch.bfloat16`` on GPU; default fp32.
+        attn_implementation: ``"sdpa"`` (default), ``"flash_attention_2"`` or ``"eager"``.
+        device: where to put the model.
+        seed: seed of random weights.
+        **method_kwargs: the method's own parameters (e.g. ``budget="joint"``).
+
+    Returns:
+        ``(model, processor)``.
+    """
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    compressor = METHODS.build(method, retention=retention, **method_kwargs)  # validate before loading weights
+    name = str(name_or_path)
+    if name == TINY:
+        processor = tiny_processor()
+        model = build_random_thinker(tiny_config(processor.tokenizer), seed, dtype, attn_implementation)
+    elif name in REAL_CONFIGS or name.endswith(".json"):
+        model, processor = build_random_thinker(real_config(name), seed, dtype, attn_implementation), None
+    else:
+        from fusion.data.processor import OmniProcessor
+
+        model = load_pretrained_thinker(name, dtype, attn_implementation)
+        processor = OmniProcessor.from_pretrained(name)
+    if adapter is not None:
+        raise NotImplementedError("adapters are loaded by the training recipe's loader (see fusion.block)")
+    model.set_compressor(compressor)
+    if device is not None:
+        model.to(device)
+    return model.eval(), processor
