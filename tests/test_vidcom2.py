@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from fusion.errors import MethodConfigError, MissingModalityError
+from fusion.errors import InputMismatchError, MethodConfigError, MissingModalityError
 from fusion.model.synthetic import synthetic_tokens
 from fusion.pruners import METHODS
 from fusion.pruners.vidcom2 import (
@@ -145,6 +146,8 @@ def test_retention_one_keeps_everything_and_bad_parameters_are_errors(tiny):
         METHODS.build("vidcom2", 0.25, temperature=0)
     with pytest.raises(MethodConfigError, match="channel_ratio"):
         METHODS.build("vidcom2", 0.25, channel_ratio=1.5)
+    with pytest.raises(InputMismatchError, match="video_grid_thw"):
+        METHODS.build("vidcom2", 0.25)(dataclasses.replace(tokens, video_grid_thw=None))
 
 
 def test_audio_only_input_is_a_missing_modality(tiny):

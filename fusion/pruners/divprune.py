@@ -68,7 +68,7 @@ def greedy_maxmin(dist: Tensor, valid: Tensor, k: Tensor) -> Tensor:
     nearest = dist.masked_fill(~others, float("inf")).amin(dim=2)  # (G, n); a singleton group gets +inf
     nearest = nearest.masked_fill(~valid, float("-inf"))
     pick = nearest.argmax(dim=1)  # (G,)
-    order[:, 0] = pick
+    order[:, 0] = torch.where(k > 0, pick, torch.full_like(pick, -1))
     min_dist = dist[rows, pick].masked_fill(~valid, float("-inf"))  # (G, n) distance to the chosen set
     min_dist[rows, pick] = float("-inf")
     for step in range(1, kmax):  # one vectorised update per selection step

@@ -169,6 +169,9 @@ class VidCom2(Compressor):
         if self.retention >= 1.0:
             return tokens.keep_all()
         require_modality(tokens, self.name, video=True)
+        if tokens.video_grid_thw is None:
+            raise InputMismatchError("vidcom2 needs video_grid_thw to split each video into frames; pass the "
+                                     "processor's full output (video_grid_thw comes with pixel_values_videos)")
         keep = tokens.attention_mask.bool() & ~tokens.video_mask  # text, specials, images and audio stay
         merge = tokens.spatial_merge_size
         video_index = tokens.video_index  # (B, L)
