@@ -14,7 +14,8 @@ def build_tokens(config, samples: list[dict], dim: int = 64, padding_side: str =
     """AVTokens for a batch of samples, each a dict with:
 
     ``grid_t`` and ``side`` (merged tokens per grid side; 0 grids = no video), ``video`` ``(grid_t*side*side, dim)``,
-    ``audio`` ``(N_a, dim)`` and ``scores`` ``(N_a,)`` (empty = no audio); optional ``text`` (tokens each side).
+    ``audio`` ``(N_a, dim)`` and ``scores`` ``(N_a,)`` (empty = no audio; neither = a text-only sample); optional
+    ``text`` (tokens each side).
     Video grids are 1 s apart (2 grids per 2-s window); the interleaved layout is Qwen2.5-Omni's.
     """
     ids = SpecialIds.from_config(config)
@@ -22,7 +23,7 @@ def build_tokens(config, samples: list[dict], dim: int = 64, padding_side: str =
     for s in samples:  # one iteration per sample
         n_text = s.get("text", 2)
         n_audio = s["audio"].shape[0]
-        block = av_block_ids(ids, s["grid_t"], s["side"] ** 2, 1.0, n_audio)
+        block = av_block_ids(ids, s["grid_t"], s["side"] ** 2, 1.0, n_audio) if s["grid_t"] or n_audio else []
         seq = torch.tensor([TEXT_ID] * n_text + block + [TEXT_ID] * n_text)
         e = torch.zeros(len(seq), dim)
         e[seq == ids.video] = s["video"].float()

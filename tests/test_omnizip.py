@@ -120,6 +120,17 @@ def test_dpc_knn_keeps_cluster_centres():
     assert kept.nonzero().flatten().tolist() == sorted(centres[:2])
 
 
+def test_frames_are_processed_in_bounded_batches(config, monkeypatch):
+    """DPC-KNN holds (frames x tpf x tpf) blocks of at most _MAX_ENTRIES; a 1-frame budget gives the same keep set."""
+    import fusion.pruners.omnizip_video as ov
+
+    sample, expected_video = _window_layout(config)
+    tokens = build_tokens(config, [sample])
+    method = METHODS.build("omnizip", rho_audio=0.5, rho_video=0.8, contextual_ratio=0.04, rho_min=0.75, rho_max=0.875)
+    monkeypatch.setattr(ov, "_MAX_ENTRIES", 16 * 16)
+    assert ranks_kept(tokens, method(tokens).keep, 0, "video") == expected_video
+
+
 def test_units_spatial_keeps_the_most_isolated():
     frame = torch.stack([E[0] + 0.01 * E[10 + i] for i in range(8)])
     frame[[1, 6]] = torch.stack([E[1], E[2]])
@@ -334,6 +345,19 @@ def test_single_modality_fallback_and_error(config):
     assert sel.embeds is not None  # audio-only anchors merged against their anchors
     with pytest.raises(MissingModalityError, match="omnizip"):
         METHODS.build("omnizip", rho_audio=0.3, rho_video=0.6, on_missing="error")(tokens)
+
+
+def test_text_only_sample_in_a_batch_is_left_alone(config):
+    g = torch.Generator().manual_seed(10)
+    text_only = dict(grid_t=0, side=2, video=torch.zeros(0, 64), audio=torch.zeros(0, 64), scores=torch.zeros(0),
+                     text=5)
+    av = dict(grid_t=4, side=2, video=torch.randn(16, 64, generator=g), audio=torch.randn(100, 64, generator=g),
+              scores=torch.rand(100, generator=g))
+    tokens = build_tokens(config, [text_only, av])
+    method = METHODS.build("omnizip", retention=0.5)
+    sel = method(tokens)
+    assert bool(sel.keep[0][tokens.attention_mask[0].bool()].all())
+    assert method.last_rhos[0] is None and method.last_rhos[1] is not None
 
 
 @pytest.mark.parametrize("params, match", [

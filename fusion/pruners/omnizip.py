@@ -108,7 +108,8 @@ class OmniZip(Compressor):
     (the paper's pairs) is solved per sample so the nominal retention on that sample's layout matches; one ratio
     given -> the other is solved (or, at retention 1.0, set by the same offset); both given -> ``retention`` must be
     1.0 or consistent within 0.01 (``MethodConfigError``). So ``rho_audio=0.3, rho_video=0.6`` is the paper's 45 %
-    setting. The ratios used are kept in ``last_rhos`` (one ``(rho_a, rho_v)`` per sample of the last call).
+    setting. The ratios used are kept in ``last_rhos`` (one ``(rho_a, rho_v)`` per sample of the last call, None for
+    a sample without audio or video tokens).
 
     **One modality only.** The official forward runs OmniZip only when both are present. Here, with
     ``on_missing="fallback"`` (default), an audio-only sample gets steps 1-2 (scores against the anchors instead of
@@ -156,7 +157,7 @@ class OmniZip(Compressor):
         self.on_missing = _choice(on_missing, "on_missing", ON_MISSING)
         self.identity = retention >= 1.0 and rho_audio is None and rho_video is None
         self.requires = frozenset() if self.identity else frozenset({self._key})
-        self.last_rhos: list[tuple[float, float]] = []
+        self.last_rhos: list[tuple[float, float] | None] = []
 
     @property
     def makes_anchors(self) -> bool:
@@ -177,6 +178,9 @@ class OmniZip(Compressor):
         for b in range(tokens.batch_size):  # one sample at a time; vectorised inside
             v_pos = tokens.video_mask[b].nonzero().flatten()  # (N_v,)
             a_pos = tokens.audio_mask[b].nonzero().flatten()  # (N_a,)
+            if v_pos.numel() == 0 and a_pos.numel() == 0:  # a text-only sample: nothing to compress
+                self.last_rhos.append(None)
+                continue
             layout = Layout(a_pos.numel(), v_pos.numel(), self.contextual_ratio, self.makes_anchors)
             rho_a, rho_v = solve_rhos(self.retention, layout, self.rho_audio, self.rho_video, self.rho_min,
                                       self.rho_max)

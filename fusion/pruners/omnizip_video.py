@@ -79,7 +79,7 @@ def isolation_scores(frames: Tensor, k: int) -> Tensor:
 
 def temporal_scores(frames: Tensor, previous: Tensor) -> Tensor:
     """``-cos(x_p(t), x_p(t-1))`` per place ``p``: the tokens that changed most score highest. ``(F, n)``."""
-    return -F.cosine_similarity(F.normalize(frames.float(), dim=-1), F.normalize(previous.float(), dim=-1), dim=-1)
+    return -F.cosine_similarity(frames.float(), previous.float(), dim=-1)
 
 
 def top_per_row(scores: Tensor, counts: Tensor) -> Tensor:
