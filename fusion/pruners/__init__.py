@@ -1,6 +1,15 @@
 """Training-free compression methods, one file each, all registered in :data:`METHODS`."""
 
-from fusion.pruners import divprune, keep_all, random_tokens, uniform, vidcom2  # noqa: F401  (registration side effects)
+# importing a method's module registers it (one module per line keeps merges clean)
+from fusion.pruners import (
+    divprune,  # noqa: F401
+    keep_all,  # noqa: F401
+    omnizip,  # noqa: F401
+    random_tokens,  # noqa: F401
+    segment_topk,  # noqa: F401
+    uniform,  # noqa: F401
+    vidcom2,  # noqa: F401
+)
 from fusion.pruners.base import Compressor
 from fusion.pruners.budget import Budget, check_retention, keep_count
 from fusion.pruners.registry import METHODS, Registry
