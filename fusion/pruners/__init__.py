@@ -1,5 +1,6 @@
 """Training-free compression methods, one file each, all registered in :data:`METHODS`."""
 
+from fusion.block import method as _fusion_block  # noqa: F401  (registers the learned block as 'fusion')
 from fusion.pruners import keep_all, random_tokens, uniform  # noqa: F401  (registration side effects)
 from fusion.pruners.base import Compressor
 from fusion.pruners.budget import Budget, check_retention, keep_count
