@@ -137,6 +137,8 @@ def _coerce(value, tp, key: str):
         if not isinstance(value, Mapping):
             raise invalid(key, f"expected a section (mapping) of {tp.__name__} keys, got {value!r}")
         return from_dict(tp, value, prefix=key)
+    if tp in (bool, int, float, str) and isinstance(value, Mapping):
+        raise invalid(key, f"is a value ({tp.__name__}), not a section (got sub-keys {sorted(value)})")
     if tp is str:
         if isinstance(value, Override):
             return str(value)

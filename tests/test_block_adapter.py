@@ -32,7 +32,7 @@ def trained(tmp_path_factory):
                                                modules_to_save=["av_fusion"]))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.requires_grad:  # lora_A/lora_B and the block's trainable copy
                 parameter.copy_(0.3 * torch.randn(parameter.shape, generator=g))
     model.eval()
@@ -52,7 +52,7 @@ def test_adapter_directory_holds_lora_the_block_and_the_fusion_config(trained):
     assert sorted(p.name for p in directory.iterdir() if p.suffix in (".json", ".safetensors")) == [
         "adapter_config.json", "adapter_model.safetensors", "fusion_config.json"]
     keys = load_file(str(directory / "adapter_model.safetensors")).keys()
-    assert any("lora_B" in k for k in keys) and any(".av_fusion.gate" in k for k in keys)
+    assert any("lora_B" in k for k in keys) and any(".av_fusion.gate.weight" in k for k in keys)
     assert not any("audio_tower" in k or "visual" in k for k in keys)
     saved = json.loads((directory / "fusion_config.json").read_text())
     assert saved["block"]["dim"] == 32 and saved["block"]["retention"] == 0.3

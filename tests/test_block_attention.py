@@ -18,7 +18,7 @@ def _block(model, **params):
     params = {"dim": 32, "heads": 4, "scorer_hidden": 16, **params}
     block = METHODS.build("fusion", retention=0.3, **params).bind(model.config)
     with torch.no_grad():  # a non-zero gate, so the fused tokens carry the attention's output
-        block.gate.copy_(torch.linspace(-1.0, 1.0, block.gate.numel()))
+        block.gate.weight.copy_(torch.linspace(-1.0, 1.0, block.gate.weight.numel()))
     return block
 
 
@@ -75,7 +75,7 @@ def _naive_fuse(block, tokens):
                 new[i] = h[i] + _naive_attention(attn, n[i], keys + nq)
             h = {i: new[i] + layer.mlp(layer.mlp_norm(new[i])) for i in av}
         for i in av:
-            out[b, i] = x[i] + block.gate * block.up(block.norm_out(h[i]))
+            out[b, i] = x[i] + block.gate.weight * block.up(block.norm_out(h[i]))
     return out
 
 

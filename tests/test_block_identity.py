@@ -30,7 +30,7 @@ def test_fused_tokens_equal_inputs_exactly_at_init(tiny, name, params):
     assert torch.equal(fused, tokens.embeds)
     # the residual branch itself is not zero: only the zero gate makes the block an identity
     with torch.no_grad():
-        block.gate.fill_(1.0)
+        block.gate.weight.fill_(1.0)
     assert not torch.equal(block.fuse(tokens), tokens.embeds)
 
 
@@ -40,7 +40,7 @@ def test_straight_through_output_equals_fused_tokens_on_kept_rows(tiny, budget):
     model = tiny[0]
     block = _block(model, budget=budget).train()
     with torch.no_grad():
-        block.gate.normal_()
+        block.gate.weight.normal_()
     tokens = model.build_tokens(**random_inputs(model, seconds=5, batch_size=2, seed=1))
     selection = block(tokens)  # grad mode on: the STE path
     fused = block.fuse(tokens)

@@ -20,7 +20,7 @@ def _block(model, retention=0.3, **params):
     params = {"dim": 32, "heads": 4, "scorer_hidden": 16, **params}
     block = METHODS.build("fusion", retention=retention, **params).bind(model.config)
     with torch.no_grad():
-        block.gate.copy_(torch.linspace(-0.5, 0.5, block.gate.numel()))
+        block.gate.weight.copy_(torch.linspace(-0.5, 0.5, block.gate.weight.numel()))
     return block
 
 
@@ -109,7 +109,7 @@ def test_scorer_gets_a_gradient_through_the_compressed_thinker(tiny):
     model = tiny[0]
     block = _block(model, 0.3).train()
     with torch.no_grad():
-        block.gate.zero_()  # as at initialisation
+        block.gate.weight.zero_()  # as at initialisation
     model.set_compressor(block)
     try:
         inputs = random_inputs(model, seconds=4, batch_size=2, seed=2, padding_side="right")
@@ -124,7 +124,7 @@ def test_scorer_gets_a_gradient_through_the_compressed_thinker(tiny):
     grads = {name: p.grad for name, p in block.scorer.named_parameters()}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
     assert grads["mlp.0.weight"].abs().sum() > 0 and grads["mlp.2.weight"].abs().sum() > 0
-    assert block.gate.grad.abs().sum() > 0  # the fusion branch learns too, starting from the gate
+    assert block.gate.weight.grad.abs().sum() > 0  # the fusion branch learns too, starting from the gate
 
 
 @pytest.mark.parametrize("budget", ["modality", "joint"])

@@ -32,6 +32,18 @@ from fusion.pruners.base import Compressor
 from fusion.tokens import AVTokens, Selection
 
 
+class Gate(nn.Module):
+    """``gamma * x`` with ``gamma`` in R^D starting at exactly zero (a submodule rather than a bare parameter of the
+    block, so that ZeRO-3's hooks, which gather a module's own parameters around tensor outputs, see it)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.weight * x
+
+
 class FusionLayer(nn.Module):
     """One bidirectional step in the d-space (pre-norm, residual)::
 
@@ -101,7 +113,7 @@ class FusionBlock(nn.Module, Compressor):
                 self.layers = nn.ModuleList(FusionLayer(dim, config.heads) for _ in range(config.layers))
                 self.norm_out = nn.LayerNorm(dim)
                 self.up = nn.Linear(dim, width)
-                self.gate = nn.Parameter(torch.zeros(width))  # gamma: exactly zero at init -> identity
+                self.gate = Gate(width)  # gamma: exactly zero at init -> identity
             self.scorer = Scorer(width, config.scorer_hidden) if config.scorer == "learned" else None
         self.last_scores: Tensor | None = None  # (B, L) scores of the last call, for inspection
 
@@ -144,7 +156,7 @@ class FusionBlock(nn.Module, Compressor):
             question = self.question_in(tokens.embeds[qb, qpos])  # (Q, d)
         for layer in self.layers:
             h = layer(h, layout, question)
-        fused = x + self.gate * self.up(self.norm_out(h))  # (N, D)
+        fused = x + self.gate(self.up(self.norm_out(h)))  # (N, D)
         return tokens.embeds.index_put((b, pos), fused.to(tokens.embeds.dtype))
 
     # ------------------------------------------------------------------ selection
