@@ -1,4 +1,4 @@
-"""The block's batched per-group SDPA equals a naive per-token reference with an explicit softmax, its keys stay
+"""The block's batched per-group SDPA equals a naive per-group reference with an explicit softmax, its keys stay
 inside the time window (no N_v x N_a attention over the clip), and a token only depends on its window."""
 
 from __future__ import annotations
@@ -22,21 +22,18 @@ def _block(model, **params):
     return block
 
 
-def _naive_attention(attn, query, keys):
-    """out = W_o sum_j softmax_j(q.k_j / sqrt(hd)) v_j with a null key/value (logit 0, value 0), per head."""
-    d = query.shape[-1]
+def _naive_attention(attn, queries, keys):
+    """out_i = W_o concat_h sum_j softmax_j(q_i.k_j / sqrt(hd)) v_j, with a null key/value (logit 0, value 0)."""
+    n_q, d = queries.shape
     heads, hd = attn.heads, d // attn.heads
-    q = attn.q(query).view(heads, hd)
-    if keys:
-        k, v = attn.kv(torch.stack(keys)).view(len(keys), 2, heads, hd).unbind(1)  # (n, heads, hd) each
-        logits = torch.cat([torch.zeros(heads, 1), torch.einsum("hd,nhd->hn", q, k) / math.sqrt(hd)], dim=1)
-        weights = torch.exp(logits - logits.max(dim=1, keepdim=True).values)
-        weights = weights / weights.sum(dim=1, keepdim=True)  # explicit softmax over null + keys
-        values = torch.cat([torch.zeros(1, heads, hd), v], dim=0)
-        out = torch.einsum("hn,nhd->hd", weights, values)
-    else:
-        out = torch.zeros(heads, hd)
-    return attn.out(out.reshape(d))
+    q = attn.q(queries).view(n_q, heads, hd)
+    k, v = attn.kv(keys).view(keys.shape[0], 2, heads, hd).unbind(1)  # (n_k, heads, hd) each
+    logits = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(hd)
+    logits = torch.cat([torch.zeros(heads, n_q, 1), logits], dim=2)  # the null key first
+    weights = torch.exp(logits - logits.max(dim=2, keepdim=True).values)
+    weights = weights / weights.sum(dim=2, keepdim=True)  # explicit softmax over null + keys
+    values = torch.cat([torch.zeros(1, heads, hd), v], dim=0)
+    return attn.out(torch.einsum("hqk,khd->qhd", weights, values).reshape(n_q, d))
 
 
 def _question_positions(tokens, b, turn_end):
@@ -53,29 +50,30 @@ def _question_positions(tokens, b, turn_end):
 
 
 def _naive_fuse(block, tokens):
-    """The block's forward written token by token (loops over samples, layers and tokens)."""
+    """The block's forward with plain loops over samples, layers and time groups (no packing, no windows)."""
     cfg, out = block.config, tokens.embeds.clone()
     for b in range(tokens.batch_size):
-        av = tokens.av_mask[b].nonzero().flatten().tolist()
-        group = tokens.time_group[b].tolist()
-        video = tokens.video_mask[b].tolist()
-        x = {i: tokens.embeds[b, i] for i in av}
-        h = {i: block.down(block.norm_in(x[i])) for i in av}
-        question = []
+        av = tokens.av_mask[b].nonzero().flatten()
+        group, video = tokens.time_group[b, av], tokens.video_mask[b, av]  # (N,)
+        x = tokens.embeds[b, av]  # (N, D)
+        h = block.down(block.norm_in(x))
+        question = torch.zeros(0, cfg.dim)
         if cfg.instruction:
-            question = [block.question_in(tokens.embeds[b, j])
-                        for j in _question_positions(tokens, b, block.base.turn_end_token_id)]
+            rows = _question_positions(tokens, b, block.base.turn_end_token_id)
+            question = block.question_in(tokens.embeds[b, rows])
         for layer in block.layers:
-            n = {i: layer.norm(h[i]) for i in av}
-            nq = [layer.norm(q) for q in question]
-            new = {}
-            for i in av:
-                attn = layer.video_from_audio if video[i] else layer.audio_from_video
-                keys = [n[j] for j in av if video[j] != video[i] and abs(group[j] - group[i]) <= cfg.neighbours]
-                new[i] = h[i] + _naive_attention(attn, n[i], keys + nq)
-            h = {i: new[i] + layer.mlp(layer.mlp_norm(new[i])) for i in av}
-        for i in av:
-            out[b, i] = x[i] + block.gate.weight * block.up(block.norm_out(h[i]))
+            n, nq = layer.norm(h), layer.norm(question)
+            context = torch.zeros_like(h)
+            for g in group.unique().tolist():
+                window = (group - g).abs() <= cfg.neighbours
+                for is_video, attn in ((True, layer.video_from_audio), (False, layer.audio_from_video)):
+                    queries = (group == g) & (video == is_video)
+                    if queries.any():
+                        keys = torch.cat([n[window & (video != is_video)], nq])
+                        context[queries] = _naive_attention(attn, n[queries], keys)
+            h = h + context
+            h = h + layer.mlp(layer.mlp_norm(h))
+        out[b, av] = x + block.gate.weight * block.up(block.norm_out(h))
     return out
 
 

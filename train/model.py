@@ -15,8 +15,9 @@ BLOCK_NAME = "av_fusion"
 FROZEN_TOWERS = ("model.audio_tower.", "model.visual.")
 
 
-def build_model(cfg):
-    """``(peft_model, processor)`` for a :class:`train.config.RunConfig`.
+def build_model(cfg, dtype: torch.dtype | None = None):
+    """``(peft_model, processor)`` for a :class:`train.config.RunConfig` (``dtype``: e.g. bf16 for a bf16 run, so
+    the frozen backbone is never materialised in fp32).
 
     The backbone (encoders, projectors, LLM, lm_head) is frozen; the block is installed as ``av_fusion`` and
     saved through PEFT ``modules_to_save``; LoRA goes on the modules matching ``cfg.lora.target_modules``.
@@ -24,10 +25,11 @@ def build_model(cfg):
     """
     from peft import LoraConfig, get_peft_model
 
-    thinker, processor = load_model(cfg.model.name, seed=cfg.model.seed,
+    thinker, processor = load_model(cfg.model.name, seed=cfg.model.seed, dtype=dtype,
                                     attn_implementation=cfg.model.attn_implementation)
     thinker.requires_grad_(False)
-    thinker.set_compressor(FusionBlock(cfg.fusion, BaseIdentity.from_config(thinker.config)))
+    block = FusionBlock(cfg.fusion, BaseIdentity.from_config(thinker.config))
+    thinker.set_compressor(block.to(dtype=next(thinker.parameters()).dtype))
     names = [name for name, _ in thinker.named_modules()]
     pattern = re.compile(cfg.lora.target_modules)
     targets = [n for n in names if pattern.fullmatch(n)]

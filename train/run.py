@@ -106,12 +106,17 @@ class FusionRecipe:
         if self.device is not None:
             torch.cuda.set_device(self.device)
 
-        model, processor = build_model(cfg)
+        ds_config = deepspeed_config(cfg, self.world, self.bf16, self.config_file)  # fail fast, before loading
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            text = dump_yaml(cfg, self.run_dir / "config.yaml", header=HEADER.format(path=self.run_dir / "config.yaml"))
+            print(f"resolved config ({self.run_dir / 'config.yaml'}):\n{text}", flush=True)
+
+        model, processor = build_model(cfg, torch.bfloat16 if self.bf16 else None)
         self.thinker = model.get_base_model()
         self.source = build_source(cfg.data, processor, self.thinker.config)
         self.order = SampleOrder(len(self.source), cfg.data.seed)
         optimizer, self.scheduler = build_optimizer(model, cfg)
-        ds_config = deepspeed_config(cfg, self.world, self.bf16, self.config_file)
         self.engine = initialize(model, optimizer, self.scheduler, ds_config, cfg.train.cpu_shm_op)
 
         self.start = 0
@@ -120,10 +125,6 @@ class FusionRecipe:
         elif cfg.train.resume:
             print(f"[rank {self.rank}] train.resume=true but {self.run_dir} has no checkpoint: starting fresh",
                   flush=True)
-        if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            text = dump_yaml(cfg, self.run_dir / "config.yaml", header=HEADER.format(path=self.run_dir / "config.yaml"))
-            print(f"resolved config ({self.run_dir / 'config.yaml'}):\n{text}", flush=True)
         self.log = RunLogger(cfg, self.run_dir, self.main, self.start)
         counts = trainable_summary(self.engine.module)
         self.log.info(f"trainable parameters: lora {counts['lora']:,} | block {counts['block']:,} | frozen "
