@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, WhisperFeatureExtractor
 
-from fusion.errors import ModelLoadError
+from fusion.errors import MethodConfigError, ModelLoadError
 from fusion.model.configs import REAL_CONFIGS, real_config, tiny_config
 from fusion.model.thinker import CompressedThinker
 from fusion.pruners import METHODS
@@ -66,7 +66,7 @@ def load_pretrained_thinker(name_or_path: str, dtype=None, attn_implementation: 
 def load_model(
     name_or_path: str | Path,
     method: str = "none",
-    retention: float = 1.0,
+    retention: float | None = None,
     adapter: str | Path | None = None,
     dtype: torch.dtype | str | None = None,
     attn_implementation: str = "sdpa",
@@ -80,9 +80,13 @@ def load_model(
         name_or_path: ``"tiny-random"`` (tests), ``"qwen2_5_omni_3b"``/``"qwen2_5_omni_7b"`` or a thinker
             config JSON (random weights at that size, for benchmarks; processor is None), or a hub id /
             local directory of a Qwen2.5-Omni checkpoint (e.g. ``Qwen/Qwen2.5-Omni-7B``).
-        method: registry name of the compressor (``fusion.METHODS``); ``"none"`` keeps everything.
-        retention: fraction of audio/video tokens kept, in (0, 1].
-        adapter: a trained run's adapter directory (LoRA + the learned block).
+        method: registry name of the compressor (``fusion.METHODS``); ``"none"`` keeps everything; ``"fusion"``
+            is the learned block (untrained without ``adapter``).
+        retention: fraction of audio/video tokens kept, in (0, 1]; default 1.0, or with an adapter the
+            retention it was trained at.
+        adapter: a trained run's adapter directory (``run_dir/adapter``: LoRA + the learned block +
+            ``fusion_config.json``); needs ``method="fusion"``. The returned model is then the PEFT-wrapped
+            thinker (attributes such as ``last_stats`` and ``generate`` reach the thinker).
         dtype: e.g. ``torch.bfloat16`` on GPU; default fp32.
         attn_implementation: ``"sdpa"`` (default), ``"flash_attention_2"`` or ``"eager"``.
         device: where to put the model.
@@ -94,7 +98,14 @@ def load_model(
     """
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    compressor = METHODS.build(method, retention=retention, **method_kwargs)  # validate before loading weights
+    if adapter is not None and (method != "fusion" or method_kwargs):
+        raise MethodConfigError(
+            f"an adapter holds the trained fusion block and its settings (fusion_config.json): load it with "
+            f"method='fusion' and no method parameters (got method={method!r}, parameters {sorted(method_kwargs)}); "
+            "only retention may differ from the trained one"
+        )
+    if adapter is None:  # validate before loading weights
+        compressor = METHODS.build(method, retention=1.0 if retention is None else retention, **method_kwargs)
     name = str(name_or_path)
     if name == TINY:
         processor = tiny_processor()
@@ -107,8 +118,13 @@ def load_model(
         model = load_pretrained_thinker(name, dtype, attn_implementation)
         processor = OmniProcessor.from_pretrained(name)
     if adapter is not None:
-        raise NotImplementedError("adapters are loaded by the training recipe's loader (see fusion.block)")
-    model.set_compressor(compressor)
+        from fusion.block.adapter import load_adapter
+
+        model = load_adapter(model, adapter, retention=retention)
+    else:
+        if hasattr(compressor, "bind"):  # the learned block: a trainable submodule at the backbone's width and dtype
+            compressor = compressor.bind(model.config).to(dtype=next(model.parameters()).dtype)
+        model.set_compressor(compressor)
     if device is not None:
         model.to(device)
     return model.eval(), processor

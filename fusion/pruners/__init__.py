@@ -1,6 +1,7 @@
 """Training-free compression methods, one file each, all registered in :data:`METHODS`."""
 
 # importing a method's module registers it (one module per line keeps merges clean)
+from fusion.block import method as _fusion_block  # noqa: F401  (registers the learned block as 'fusion')
 from fusion.pruners import (
     divprune,  # noqa: F401
     keep_all,  # noqa: F401

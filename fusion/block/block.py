@@ -1,0 +1,195 @@
+"""`FusionBlock`: the learned V<->A fusion block with keep-scores (EchoingPixels-style, light, on a frozen backbone).
+
+Between the projectors and the LLM, for the ``N = N_v + N_a`` audio/video tokens ``x_i`` in R^D::
+
+    h_i   = W_down LN(x_i)                                         (d-space, d << D)
+    h     <- FusionLayer(h)  x layers                              (bidirectional cross-attention per 2-s group)
+    x'_i  = x_i + gamma * W_up LN(h_i)                             (gamma in R^D starts at exactly 0)
+    s_i   = Scorer(x'_i)                                           (keep-score)
+    keep  = top-k(s) with k = ceil(r * N) over the joint pool (or ceil(r * N_m) per modality)
+    out_i = x'_i * y_i,   y = y_hard + (y_soft - stopgrad(y_soft)) (straight-through; forward value 1 on kept)
+
+At initialisation ``gamma = 0``, so the fused tokens equal the inputs exactly and the block starts as a pure
+learned-score selector. Text tokens are never changed or dropped; kept tokens keep their original TMRoPE ids and
+order (``apply_keep`` does the slicing).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+
+from fusion.block.config import BaseIdentity, FusionConfig
+from fusion.block.cross_attention import CrossAttention
+from fusion.block.groups import GroupLayout
+from fusion.block.scorer import Scorer
+from fusion.block.straight_through import straight_through_topk
+from fusion.errors import MethodConfigError
+from fusion.pruners.base import Compressor
+from fusion.tokens import AVTokens, Selection
+
+
+class Gate(nn.Module):
+    """``gamma * x`` with ``gamma`` in R^D starting at exactly zero (a submodule rather than a bare parameter of the
+    block, so that ZeRO-3's hooks, which gather a module's own parameters around tensor outputs, see it)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.weight * x
+
+
+class FusionLayer(nn.Module):
+    """One bidirectional step in the d-space (pre-norm, residual)::
+
+        c_v = CA_{v<-a}(LN(h_v), LN(h_a in the window) [; question])
+        c_a = CA_{a<-v}(LN(h_a), LN(h_v in the window) [; question])
+        h  <- h + c;   h <- h + MLP(LN(h))           (MLP: d -> 4d -> d, GELU)
+
+    Both directions read the same pre-layer states, so the result does not depend on an order of updates.
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.video_from_audio = CrossAttention(dim, heads)
+        self.audio_from_video = CrossAttention(dim, heads)
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, h: Tensor, layout: GroupLayout, question: Tensor | None) -> Tensor:
+        """``h (N, d)`` AV states in ``layout.rows`` order, ``question (Q, d)`` or None -> ``(N, d)``."""
+        n = self.norm(h)  # (N, d)
+        video_rows = layout.is_video.nonzero().squeeze(1)  # (N_v,)
+        audio_rows = (~layout.is_video).nonzero().squeeze(1)  # (N_a,)
+        packed_v = layout.video.pack(n[video_rows])  # (G, M_v, d)
+        packed_a = layout.audio.pack(n[audio_rows])  # (G, M_a, d)
+        keys_a, mask_a = layout.window_keys(layout.audio, packed_a)  # (G, W * M_a, d)
+        keys_v, mask_v = layout.window_keys(layout.video, packed_v)  # (G, W * M_v, d)
+        if question is not None:
+            packed_q = layout.question.pack(self.norm(question))[layout.group_sample]  # (G, M_q, d)
+            mask_q = layout.question.mask[layout.group_sample]  # (G, M_q)
+            keys_a, mask_a = torch.cat([keys_a, packed_q], 1), torch.cat([mask_a, mask_q], 1)
+            keys_v, mask_v = torch.cat([keys_v, packed_q], 1), torch.cat([mask_v, mask_q], 1)
+        context = torch.zeros_like(h)  # (N, d)
+        if video_rows.numel():
+            c_v = self.video_from_audio(packed_v, keys_a, mask_a)  # (G, M_v, d)
+            context = context.index_put((video_rows,), layout.video.unpack(c_v))
+        if audio_rows.numel():
+            c_a = self.audio_from_video(packed_a, keys_v, mask_v)  # (G, M_a, d)
+            context = context.index_put((audio_rows,), layout.audio.unpack(c_a))
+        h = h + context
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class FusionBlock(nn.Module, Compressor):
+    """The learned compressor (see module doc). Installed on a thinker as the submodule ``av_fusion``.
+
+    Args:
+        config: hyper-parameters (:class:`FusionConfig`).
+        base: the backbone it is built for (its width D; recorded with the adapter).
+    """
+
+    name = "fusion"
+
+    def __init__(self, config: FusionConfig, base: BaseIdentity) -> None:
+        nn.Module.__init__(self)
+        self.config, self.base = config, base
+        self.retention = config.retention
+        self.method = self._training_free_method(config)
+        width, dim = base.hidden_size, config.dim
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.init_seed)
+            if config.fused:
+                self.norm_in = nn.LayerNorm(width)
+                self.down = nn.Linear(width, dim)
+                self.question_in = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, dim)) \
+                    if config.instruction else None
+                self.layers = nn.ModuleList(FusionLayer(dim, config.heads) for _ in range(config.layers))
+                self.norm_out = nn.LayerNorm(dim)
+                self.up = nn.Linear(dim, width)
+                self.gate = Gate(width)  # gamma: exactly zero at init -> identity
+            self.scorer = Scorer(width, config.scorer_hidden) if config.scorer == "learned" else None
+        self.last_scores: Tensor | None = None  # (B, L) scores of the last call, for inspection
+
+    @staticmethod
+    def _training_free_method(config: FusionConfig):
+        if config.scorer == "learned":
+            return None
+        from fusion.pruners import METHODS
+
+        method = METHODS.build(config.scorer, retention=config.retention, **config.scorer_params)
+        if method.llm_hook() is not None:
+            raise MethodConfigError(
+                f"fusion.scorer={config.scorer!r} acts inside the language model, so it cannot choose the block's "
+                "tokens; use 'learned' or a pre-LLM method"
+            )
+        return method
+
+    @property
+    def requires(self) -> frozenset[str]:
+        """Extra per-token signals the thinker must compute (those of a training-free scorer)."""
+        return self.method.requires if self.method is not None else frozenset()
+
+    def set_retention(self, retention: float) -> None:
+        """Evaluate at another retention (the weights do not depend on it)."""
+        self.config = dataclasses.replace(self.config, retention=retention)
+        self.retention = self.config.retention
+        self.method = self._training_free_method(self.config)
+
+    # ------------------------------------------------------------------ fusion
+    def fuse(self, tokens: AVTokens) -> Tensor:
+        """``(B, L, D)`` embeddings with every AV token replaced by ``x + gamma * W_up LN(h)``; text untouched."""
+        cfg = self.config
+        layout = GroupLayout.build(tokens, cfg.neighbours, cfg.instruction, self.base.turn_end_token_id)
+        b, pos = layout.rows.unbind(1)
+        x = tokens.embeds[b, pos]  # (N, D)
+        h = self.down(self.norm_in(x))  # (N, d)
+        question = None
+        if cfg.instruction:
+            qb, qpos = layout.question_rows.unbind(1)
+            question = self.question_in(tokens.embeds[qb, qpos])  # (Q, d)
+        for layer in self.layers:
+            h = layer(h, layout, question)
+        fused = x + self.gate(self.up(self.norm_out(h)))  # (N, D)
+        return tokens.embeds.index_put((b, pos), fused.to(tokens.embeds.dtype))
+
+    # ------------------------------------------------------------------ selection
+    def scores(self, embeds: Tensor, tokens: AVTokens) -> Tensor:
+        """``(B, L)`` keep-scores of the AV tokens (0 elsewhere, never read)."""
+        av = tokens.av_mask
+        out = torch.zeros(av.shape, dtype=torch.float32, device=embeds.device)
+        return out.index_put(av.nonzero(as_tuple=True), self.scorer(embeds[av]).float())
+
+    def select(self, tokens: AVTokens) -> Selection:
+        return self(tokens)
+
+    def forward(self, tokens: AVTokens) -> Selection:
+        """Fuse, score, keep ``ceil(r * N)`` (joint or per modality); return the keep mask and the new embeds."""
+        av = tokens.av_mask
+        if not bool(av.any()):
+            return tokens.keep_all()
+        embeds = self.fuse(tokens) if self.config.fused else tokens.embeds  # (B, L, D)
+        text = tokens.attention_mask.bool() & ~av
+        if self.method is not None:  # a training-free method chooses among the (fused) tokens
+            view = copy.copy(tokens)  # shares the cached annotations (time groups, places)
+            view.embeds = embeds
+            chosen = self.method(view)
+            new = chosen.embeds if chosen.embeds is not None else (embeds if self.config.fused else None)
+            return Selection(keep=chosen.keep, embeds=new)
+        scores = self.scores(embeds, tokens)  # (B, L)
+        pools = [av] if self.config.budget == "joint" else [tokens.video_mask, tokens.audio_mask]
+        kept, gate = straight_through_topk(scores, pools, self.retention, self.config.temperature)
+        self.last_scores = scores.detach()
+        return Selection(keep=text | kept, embeds=embeds * gate[..., None].to(embeds.dtype))
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"retention={c.retention}, budget={c.budget}, scorer={c.scorer}, fused={c.fused}, "
+                f"instruction={c.instruction}, dim={c.dim}, heads={c.heads}, layers={c.layers}, "
+                f"neighbours={c.neighbours}")

@@ -1,0 +1,1 @@
+"""The training recipe for the learned fusion block (DeepSpeed + PEFT); ``train/run.py`` is the entry point."""

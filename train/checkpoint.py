@@ -1,0 +1,100 @@
+"""Checkpoints every N steps, without the frozen backbone, written atomically.
+
+Layout under ``run_dir/checkpoints/``: ``step-000004/`` (DeepSpeed's files for the trainable weights, the
+optimizer and LR-scheduler states, our ``trainer_state.json``) and ``latest`` (the tag of the newest complete
+checkpoint). A save goes to ``.tmp-step-000004/`` first; only when every rank has written does rank 0 rename it
+and then replace ``latest`` (write-then-rename), so a run killed mid-save leaves the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from fusion.errors import ConfigError
+
+LATEST = "latest"
+STATE = "trainer_state.json"
+
+
+def tag_for(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def rng_state() -> dict:
+    """CPU (and CUDA) RNG states, to continue random streams exactly after a resume."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(engine, run_dir: Path, step: int, state: dict, keep: int, is_main: bool,
+                    barrier: Callable[[], None]) -> Path:
+    """Write checkpoint ``step`` (all ranks call this); keep the ``keep`` newest. Returns its directory."""
+    root = Path(run_dir) / "checkpoints"
+    tag = tag_for(step)
+    tmp_tag = f".tmp-{tag}"
+    if is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(root / tmp_tag, ignore_errors=True)  # leftovers of a killed save
+    barrier()
+    engine.save_checkpoint(str(root), tag=tmp_tag, client_state={"step": step, "rng": rng_state()},
+                           save_latest=False, exclude_frozen_parameters=True)
+    barrier()
+    final = root / tag
+    if is_main:
+        _write_atomic(root / tmp_tag / STATE, json.dumps({"step": step, **state}, indent=2))
+        if final.exists():  # the same step saved again after a resume: swap, never leave a gap
+            shutil.rmtree(root / f".old-{tag}", ignore_errors=True)
+            final.rename(root / f".old-{tag}")
+        (root / tmp_tag).rename(final)
+        _write_atomic(root / LATEST, tag)
+        shutil.rmtree(root / f".old-{tag}", ignore_errors=True)
+        for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[str, int] | None:
+    """``(tag, step)`` of the newest complete checkpoint, or None."""
+    root = Path(run_dir) / "checkpoints"
+    if not (root / LATEST).is_file():
+        return None
+    tag = (root / LATEST).read_text().strip()
+    state_file = root / tag / STATE
+    if not state_file.is_file():
+        raise ConfigError(f"{root / LATEST} names {tag!r} but {state_file} is missing; the checkpoint directory "
+                          "was edited by hand. Point 'latest' at a complete step-* directory")
+    return tag, int(json.loads(state_file.read_text())["step"])
+
+
+def load_checkpoint(engine, run_dir: Path, tag: str) -> int:
+    """Restore the trainable weights, optimizer, scheduler and RNG from ``tag``; return its step."""
+    root = Path(run_dir) / "checkpoints"
+    path, client = engine.load_checkpoint(str(root), tag=tag, load_module_strict=False)
+    if path is None:
+        raise ConfigError(f"could not load checkpoint {root / tag}")
+    set_rng_state(client["rng"])
+    return int(client["step"])

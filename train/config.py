@@ -1,0 +1,234 @@
+"""The recipe's typed config: one dataclass per YAML section (``fusion`` is the block's own
+:class:`~fusion.block.config.FusionConfig`). Loaded by :func:`fusion.config.load_config` from
+``configs/fusion.yaml`` plus dotted ``key=value`` overrides; ``python train/run.py --help`` lists every key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fusion.block.config import FusionConfig
+from fusion.config import invalid
+
+# LoRA on the LLM's attention and MLP projections only. PEFT full-matches this against module names relative to
+# the thinker, so the audio encoder's own q/k/v projections (model.audio_tower...) and the ViT (model.visual...)
+# can never match.
+LLM_LORA_REGEX = (r"model\.language_model\.layers\.\d+\."
+                  r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))")
+
+
+@dataclass
+class ModelConfig:
+    """The frozen backbone."""
+
+    name: str = "tiny-random"
+    """'tiny-random' (tests), 'qwen2_5_omni_3b'/'qwen2_5_omni_7b' (random weights at that size), or a hub id /
+    local Qwen2.5-Omni checkpoint (e.g. Qwen/Qwen2.5-Omni-7B)."""
+    seed: int = 0
+    """Seed of random backbone weights (tiny-random and the random-weight configs)."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """Attention kernel of the backbone."""
+
+
+@dataclass
+class LoraConfig:
+    """LoRA on the LLM (PEFT)."""
+
+    enabled: bool = True
+    """false = the LLM stays exactly the base model (the LoRA layers are kept frozen at their zero init, so the
+    adapter format and loading path are unchanged)."""
+    r: int = 8
+    """LoRA rank."""
+    alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA branch."""
+    target_modules: str = LLM_LORA_REGEX
+    """Regex full-matched against module names relative to the thinker (must not reach the encoders)."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise invalid("r", f"must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise invalid("dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class SyntheticConfig:
+    """The ``synthetic`` source: random media in the processor's exact layout, a short answer to learn."""
+
+    n_samples: int = 64
+    """Number of distinct samples (the order cycles through them, one permutation per epoch)."""
+    seconds_min: int = 2
+    """Shortest clip, in seconds."""
+    seconds_max: int = 4
+    """Longest clip, in seconds."""
+    frame_size: int = 56
+    """Frame side in pixels (56 = 4 merged video tokens per temporal grid)."""
+    cue: Literal["text", "media"] = "text"
+    """Where the answer is written: 'text' = a colour word in the question maps to the letter (learnable by LoRA);
+    'media' = the letter is the index of the 2-s chunk whose video and audio carry a strong offset."""
+    seed: int = 0
+    """Content seed (sample i is drawn from seed and i alone)."""
+
+    def __post_init__(self) -> None:
+        if self.n_samples < 1:
+            raise invalid("n_samples", f"must be >= 1, got {self.n_samples}")
+        if not 1 <= self.seconds_min <= self.seconds_max:
+            raise invalid("seconds_max", f"need 1 <= seconds_min <= seconds_max, got {self.seconds_min}, "
+                                         f"{self.seconds_max}")
+        if self.frame_size < 28 or self.frame_size % 28:
+            raise invalid("frame_size", f"must be a positive multiple of 28, got {self.frame_size}")
+
+
+@dataclass
+class McqJsonlConfig:
+    """The ``mcq_jsonl`` source (MCQ schema {id, video, question, options, answer, category})."""
+
+    path: str | None = None
+    """The JSONL file; relative video paths are resolved against its folder (source not wired yet)."""
+
+
+@dataclass
+class DataConfig:
+    """Which dataset source feeds the recipe, and the order seed."""
+
+    source: str = "synthetic"
+    """A registered source name: 'synthetic' or 'mcq_jsonl'."""
+    seed: int = 0
+    """Order seed: epoch e visits the samples in permutation(seed, e); fixed order = exact resume."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Settings of the synthetic source."""
+    mcq_jsonl: McqJsonlConfig = field(default_factory=McqJsonlConfig)
+    """Settings of the mcq_jsonl source."""
+
+
+@dataclass
+class TrainConfig:
+    """Steps, batches, checkpoints, logging."""
+
+    output_dir: str = "runs/fusion"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, adapter/."""
+    steps: int = 200
+    """Optimizer steps."""
+    micro_batch_size: int = 2
+    """Samples per rank per forward."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (global batch = micro_batch_size * grad_accum * world size)."""
+    seed: int = 0
+    """Seed of the trainable weights' initialisation (LoRA A) and of the RNG state."""
+    save_every: int = 50
+    """Checkpoint every N steps (and at the last step); the frozen backbone is never written."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    resume: bool = False
+    """Continue from output_dir's last checkpoint (same data order, same losses as an uninterrupted run)."""
+    stop_after: int | None = None
+    """Stop after this many steps as if the job were killed (no export): for testing resume."""
+    log_every: int = 10
+    """Print a log line every N steps (metrics.jsonl gets every step)."""
+    progress: bool = True
+    """Show a progress bar on rank 0."""
+    bf16: bool | None = None
+    """bf16 mixed precision; null = bf16 on GPU, fp32 on CPU."""
+    cpu_shm_op: bool = False
+    """Build DeepSpeed's shared-memory all-reduce op on CPU (only DeepSpeed inference uses it; ~20 s JIT build)."""
+    probe: bool = True
+    """At the end, save the trained model's answer-position logits on the first batch (final_probe.safetensors)."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "micro_batch_size", "grad_accum", "save_every", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise invalid(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
+            raise invalid("stop_after", f"must be in [1, steps={self.steps}] or null, got {self.stop_after}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW (a client torch optimizer: no DeepSpeed JIT op) and the learning-rate schedule."""
+
+    lr: float = 2e-4
+    """Learning rate of the LoRA weights."""
+    block_lr: float | None = None
+    """Learning rate of the fusion block (null = lr); the block is trained from scratch."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    schedule: Literal["constant", "cosine"] = "cosine"
+    """After warm-up: constant, or cosine decay to 0 at train.steps."""
+    clip: float = 1.0
+    """Gradient-norm clipping (DeepSpeed gradient_clipping); 0 disables it."""
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or (self.block_lr is not None and not self.block_lr > 0):
+            raise invalid("lr", f"learning rates must be > 0, got lr={self.lr}, block_lr={self.block_lr}")
+        if len(self.betas) != 2:
+            raise invalid("betas", f"needs two values, got {self.betas}")
+        if self.warmup_steps < 0 or self.clip < 0:
+            raise invalid("warmup_steps", "warmup_steps and clip must be >= 0")
+
+
+@dataclass
+class LossConfig:
+    """Cross-entropy on the answer tokens, plus optional distillation from the uncompressed backbone."""
+
+    kd: bool = False
+    """Add KL(teacher || student) on the answer positions; teacher = same backbone, uncompressed, adapter off."""
+    kd_weight: float = 1.0
+    """Weight of the KL term: loss = ce + kd_weight * kl."""
+    kd_temperature: float = 1.0
+    """Distillation temperature T (the KL is scaled by T^2)."""
+
+    def __post_init__(self) -> None:
+        if self.kd_weight < 0 or not self.kd_temperature > 0:
+            raise invalid("kd_weight", "kd_weight must be >= 0 and kd_temperature > 0")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases logging (rank 0); WANDB_MODE in the environment overrides mode."""
+
+    enabled: bool = False
+    """Log to wandb."""
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    """offline (default: files under output_dir/wandb, `wandb sync` later), online, or disabled."""
+    project: str = "av-fusion"
+    """wandb project."""
+    name: str | None = None
+    """Run name (default: fusion-<scorer>-r<retention>-s<seed>)."""
+    group: str | None = None
+    """Run group (e.g. a sweep)."""
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The frozen backbone."""
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    """The learned block."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA on the LLM."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Dataset source and order."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Steps, batches, checkpoints, logging."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Loss terms."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """wandb logging."""
+    deepspeed: dict[str, Any] | str = "configs/deepspeed/zero2.json"
+    """A DeepSpeed JSON file (path) or an inline mapping; concrete values only (no "auto"). Batch sizes,
+    clipping and bf16 come from train/optim and must not be repeated there with other values."""
+
+    def __post_init__(self) -> None:
+        if not self.lora.enabled and not self.fusion.fused and self.fusion.scorer != "learned":
+            raise invalid("lora.enabled", "nothing would be trained: LoRA is off, fused tokens are off and the "
+                                          "scorer is training-free; enable one of them")

@@ -1,0 +1,91 @@
+"""What a run reports (rank 0 only): a progress bar, periodic log lines, ``metrics.jsonl`` and optional wandb."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fusion.config import to_dict
+
+
+@dataclass
+class StepMetrics:
+    """One optimizer step (token counts summed over its micro-batches)."""
+
+    step: int
+    loss: float
+    ce: float
+    kd: float
+    lr: float
+    block_lr: float
+    step_ms: float
+    video_kept: int
+    video_total: int
+    audio_kept: int
+    audio_total: int
+
+    @property
+    def kept(self) -> float:
+        total = self.video_total + self.audio_total
+        return (self.video_kept + self.audio_kept) / total if total else 1.0
+
+    def line(self, steps: int) -> str:
+        return (f"step {self.step}/{steps} | loss {self.loss:.4f} | ce {self.ce:.4f} | kd {self.kd:.4f} | "
+                f"kept {100 * self.kept:.1f}% (video {self.video_kept}/{self.video_total}, "
+                f"audio {self.audio_kept}/{self.audio_total}) | lr {self.lr:.2e} (block {self.block_lr:.2e}) | "
+                f"{self.step_ms:.0f} ms/step")
+
+
+class RunLogger:
+    """Rank-0 reporting. Other ranks get an inert logger (every method is a no-op)."""
+
+    def __init__(self, cfg, run_dir: Path, active: bool, start_step: int) -> None:
+        self.cfg, self.run_dir, self.active = cfg, Path(run_dir), active
+        self.bar = self.wandb = None
+        if not active:
+            return
+        if cfg.train.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", file=sys.stderr,
+                            dynamic_ncols=True, leave=False, disable=None)  # None: off when stderr is not a TTY
+        mode = os.environ.get("WANDB_MODE", cfg.wandb.mode)
+        if cfg.wandb.enabled and mode != "disabled":
+            import wandb
+
+            f = cfg.fusion
+            name = cfg.wandb.name or f"fusion-{f.scorer}-r{f.retention}-s{cfg.train.seed}"
+            self.wandb = wandb.init(project=cfg.wandb.project, name=name, group=cfg.wandb.group, mode=mode,
+                                    dir=str(self.run_dir), config=to_dict(cfg), resume="allow")
+
+    def info(self, text: str) -> None:
+        if not self.active:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stdout)
+        else:
+            print(text, flush=True)
+        sys.stdout.flush()
+
+    def step(self, metrics: StepMetrics) -> None:
+        if not self.active:
+            return
+        row = {k: v for k, v in vars(metrics).items()}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{metrics.loss:.3f}", kept=f"{100 * metrics.kept:.0f}%")
+        if metrics.step % self.cfg.train.log_every == 0 or metrics.step == self.cfg.train.steps:
+            self.info(metrics.line(self.cfg.train.steps))
+        if self.wandb is not None:
+            self.wandb.log({**row, "kept": metrics.kept}, step=metrics.step)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.wandb is not None:
+            self.wandb.finish()

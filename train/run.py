@@ -1,0 +1,274 @@
+"""Train the learned V<->A fusion block with LoRA on a frozen Qwen2.5-Omni thinker (DeepSpeed + PEFT).
+
+    deepspeed train/run.py --config configs/fusion.yaml [dotted.key=value ...]
+    python train/run.py --config configs/fusion.yaml [dotted.key=value ...]      # one process, no launcher
+    python train/run.py --help                                                   # every key, type, default
+
+Steps: resolve the config (printed, saved to ``output_dir/config.yaml``) -> build the frozen backbone + block +
+LoRA -> DeepSpeed engine (ZeRO-2 by default; gloo on CPU) -> train with checkpoints every ``train.save_every``
+steps -> ``output_dir/adapter/`` (``adapter_config.json``, ``adapter_model.safetensors``, ``fusion_config.json``),
+which ``fusion.load_model(base, method="fusion", adapter=...)`` and ``PeftModel.from_pretrained`` both load.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `python train/run.py` puts train/ itself first on sys.path, where its modules would shadow top-level names;
+# drop it so `import train` finds the installed package (pip install -e .)
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from fusion.config import describe, dump_yaml, load_config, to_dict  # noqa: E402
+from fusion.errors import AVFusionError, ConfigError  # noqa: E402
+from train.config import RunConfig  # noqa: E402
+
+HEADER = "Resolved config of this run; rerun with: deepspeed train/run.py --config {path} [key=value ...]"
+RESUMABLE_CHANGES = ("train.resume", "train.stop_after", "train.steps", "train.log_every", "train.progress",
+                     "train.save_every", "train.keep_checkpoints", "train.probe", "train.output_dir", "wandb.")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="train/run.py", description="Train the fusion block (+ LoRA) on a frozen backbone.",
+        epilog="Overrides are dotted.key=value pairs after the options, e.g. fusion.retention=0.2 optim.lr=1e-4.",
+        add_help=False)
+    parser.add_argument("--config", help="YAML recipe (e.g. configs/fusion.yaml)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help="set by the DeepSpeed launcher (the process reads LOCAL_RANK)")
+    parser.add_argument("-h", "--help", action="store_true", help="show the options and every config key")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value")
+    args = parser.parse_args(argv)
+    if args.help:
+        parser.print_help()
+        print("\nconfig keys:\n  " + "\n  ".join(describe(RunConfig)))
+        raise SystemExit(0)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    return args
+
+
+def check_resumable(saved: dict, current: dict, prefix: str = "") -> None:
+    """Raise :class:`ConfigError` if a setting that changes the trajectory differs from the checkpointed run's."""
+    diff = []
+
+    def walk(a, b, key):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{key}.{k}" if key else k)
+        elif a != b and not any(key == c or key.startswith(c) for c in RESUMABLE_CHANGES):
+            diff.append(f"{key} ({a!r} -> {b!r})")
+
+    walk(saved, current, prefix)
+    if diff:
+        raise ConfigError(f"train.resume: the checkpointed run used other settings: {', '.join(diff)}; resume with "
+                          "the same settings or start a new train.output_dir")
+
+
+class FusionRecipe:
+    """setup -> train -> export (torchtune-style); every rank runs it, rank 0 writes the run directory."""
+
+    def __init__(self, cfg: RunConfig, config_file: str | None) -> None:
+        self.cfg, self.config_file = cfg, config_file
+        self.run_dir = Path(cfg.train.output_dir)
+        self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        self.main = self.rank == 0
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        import yaml
+
+        from train.checkpoint import latest_checkpoint, load_checkpoint
+        from train.distributed import deepspeed_config, initialize
+        from train.logs import RunLogger
+        from train.model import build_model, trainable_summary
+        from train.optim import build_optimizer
+        from train.order import SampleOrder
+        from train.sources import build_source
+
+        cfg = self.cfg
+        latest = latest_checkpoint(self.run_dir)
+        if latest and not cfg.train.resume:
+            raise ConfigError(f"train.output_dir: {self.run_dir} already holds a run (checkpoint {latest[0]}); "
+                              "continue it with train.resume=true or choose a new train.output_dir")
+        if latest and (self.run_dir / "config.yaml").is_file():
+            check_resumable(yaml.safe_load((self.run_dir / "config.yaml").read_text()), to_dict(cfg))
+        torch.manual_seed(cfg.train.seed)
+        self.bf16 = torch.cuda.is_available() if cfg.train.bf16 is None else cfg.train.bf16
+        self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else None
+        if self.device is not None:
+            torch.cuda.set_device(self.device)
+
+        ds_config = deepspeed_config(cfg, self.world, self.bf16, self.config_file)  # fail fast, before loading
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            text = dump_yaml(cfg, self.run_dir / "config.yaml", header=HEADER.format(path=self.run_dir / "config.yaml"))
+            print(f"resolved config ({self.run_dir / 'config.yaml'}):\n{text}", flush=True)
+
+        model, processor = build_model(cfg, torch.bfloat16 if self.bf16 else None)
+        self.thinker = model.get_base_model()
+        self.source = build_source(cfg.data, processor, self.thinker.config)
+        self.order = SampleOrder(len(self.source), cfg.data.seed)
+        optimizer, self.scheduler = build_optimizer(model, cfg)
+        self.engine = initialize(model, optimizer, self.scheduler, ds_config, cfg.train.cpu_shm_op)
+
+        self.start = 0
+        if latest and cfg.train.resume:
+            self.start = load_checkpoint(self.engine, self.run_dir, latest[0])
+        elif cfg.train.resume:
+            print(f"[rank {self.rank}] train.resume=true but {self.run_dir} has no checkpoint: starting fresh",
+                  flush=True)
+        self.log = RunLogger(cfg, self.run_dir, self.main, self.start)
+        counts = trainable_summary(self.engine.module)
+        self.log.info(f"trainable parameters: lora {counts['lora']:,} | block {counts['block']:,} | frozen "
+                      f"{counts['frozen']:,} | ZeRO stage {self.engine.zero_optimization_stage()} | "
+                      f"{'bf16' if self.bf16 else 'fp32'} | world {self.world} | {len(self.source)} samples"
+                      + (f" | resumed at step {self.start}" if self.start else ""))
+
+    # ------------------------------------------------------------------ data
+    def batch(self, indices: list[int]) -> dict:
+        """Collated samples on the engine's device, float media in the engine's dtype."""
+        batch = self.source.collate([self.source.example(i) for i in indices])
+        dtype = torch.bfloat16 if self.bf16 else torch.float32
+        out = {}
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.engine.device)
+                value = value.to(dtype) if value.is_floating_point() else value
+            out[key] = value
+        return out
+
+    # ------------------------------------------------------------------ training
+    def step(self, step: int):
+        """One optimizer step (``grad_accum`` micro-batches); returns its metrics (averaged over ranks)."""
+        from train import loss as losses
+        from train.logs import StepMetrics
+
+        cfg, t0 = self.cfg, time.perf_counter()
+        lrs = dict(zip((g["name"] for g in self.scheduler.optimizer.param_groups), self.scheduler.get_last_lr()))
+        totals = torch.zeros(7, dtype=torch.float64)  # loss, ce, kd, video kept/total, audio kept/total
+        for micro in range(cfg.train.grad_accum):
+            indices = self.order.micro_batch(step, micro, self.rank, self.world, cfg.train.grad_accum,
+                                             cfg.train.micro_batch_size)
+            batch = self.batch(indices)
+            labels = batch.pop("labels")
+            teacher = losses.teacher_logits(self.engine.module, batch) if cfg.loss.kd else None
+            out = self.engine(**batch)
+            aligned = losses.pruned_labels(labels, out.source_index)
+            ce = losses.cross_entropy(out.logits, aligned)
+            kd = torch.zeros((), device=ce.device)
+            if teacher is not None:
+                kd = losses.distillation(losses.answer_logits(out.logits, aligned),
+                                         losses.answer_teacher_logits(teacher, out.source_index, aligned),
+                                         cfg.loss.kd_temperature)
+            loss = ce + cfg.loss.kd_weight * kd
+            self.engine.backward(loss)
+            self.engine.step()
+            stats = self.thinker.last_stats
+            totals += torch.tensor([loss.item(), ce.item(), kd.item(), stats.video_after.sum().item(),
+                                    stats.video_before.sum().item(), stats.audio_after.sum().item(),
+                                    stats.audio_before.sum().item()], dtype=torch.float64)
+        totals[:3] /= cfg.train.grad_accum
+        if self.world > 1:
+            reduced = totals.to(self.engine.device)
+            torch.distributed.all_reduce(reduced)
+            totals = reduced.cpu()
+            totals[:3] /= self.world
+        return StepMetrics(step=step + 1, loss=float(totals[0]), ce=float(totals[1]), kd=float(totals[2]),
+                           lr=lrs.get("lora", 0.0), block_lr=lrs.get("block", 0.0),
+                           step_ms=1000 * (time.perf_counter() - t0), video_kept=int(totals[3]),
+                           video_total=int(totals[4]), audio_kept=int(totals[5]), audio_total=int(totals[6]))
+
+    def train(self) -> bool:
+        """Run the remaining steps; False when ``train.stop_after`` stopped the run early."""
+        from train.checkpoint import save_checkpoint
+        from train.distributed import barrier
+
+        cfg = self.cfg
+        self.engine.train()
+        for step in range(self.start, cfg.train.steps):
+            metrics = self.step(step)
+            self.log.step(metrics)
+            done = step + 1
+            if done % cfg.train.save_every == 0 or done == cfg.train.steps:
+                save_checkpoint(self.engine, self.run_dir, done, {"loss": metrics.loss},
+                                cfg.train.keep_checkpoints, self.main, barrier)
+            if cfg.train.stop_after is not None and done == cfg.train.stop_after and done < cfg.train.steps:
+                self.log.info(f"stopping after step {done} (train.stop_after): no export, as if the job were killed")
+                return False
+        return True
+
+    # ------------------------------------------------------------------ outputs
+    def probe(self) -> None:
+        """Save the trained model's answer-position logits on the first micro-batch (final_probe.safetensors)."""
+        from safetensors.torch import save_file
+
+        from train.loss import answer_logits, pruned_labels
+
+        indices = self.order.positions(0, self.cfg.train.micro_batch_size)
+        batch = self.batch(indices)
+        labels = batch.pop("labels")
+        self.engine.eval()
+        with torch.no_grad():
+            out = self.engine(**batch)
+        if self.main:
+            logits = answer_logits(out.logits, pruned_labels(labels, out.source_index)).float().cpu().contiguous()
+            save_file({"logits": logits, "indices": torch.tensor(indices)},
+                      str(self.run_dir / "final_probe.safetensors"))
+
+    def export(self) -> Path:
+        """``run_dir/adapter/`` (LoRA + the block via modules_to_save + fusion_config.json), written by rank 0."""
+        from fusion.block.adapter import export_adapter
+        from train.distributed import barrier
+
+        target = self.run_dir / "adapter"
+        if self.engine.zero_optimization_stage() == 3:  # gather the partitioned adapter weights first
+            import deepspeed
+
+            saved = [p for n, p in self.engine.module.named_parameters() if "lora_" in n or "av_fusion" in n]
+            with deepspeed.zero.GatheredParameters(saved, modifier_rank=None):
+                if self.main:
+                    export_adapter(self.engine.module, target)
+        elif self.main:
+            export_adapter(self.engine.module, target)
+        barrier()
+        self.log.info(f"adapter written to {target}")
+        return target
+
+    def cleanup(self) -> None:
+        self.log.close()
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(RunConfig, args.config, args.overrides)
+        from train.distributed import single_process_env
+
+        single_process_env()
+        recipe = FusionRecipe(cfg, args.config)
+        recipe.setup()
+        finished = recipe.train()
+        if finished:
+            if cfg.train.probe:
+                recipe.probe()
+            recipe.export()
+        recipe.cleanup()
+    except AVFusionError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
