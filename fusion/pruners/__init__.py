@@ -4,6 +4,7 @@
 from fusion.pruners import (
     divprune,  # noqa: F401
     keep_all,  # noqa: F401
+    keyframe,  # noqa: F401
     omnizip,  # noqa: F401
     random_tokens,  # noqa: F401
     segment_topk,  # noqa: F401
