@@ -11,6 +11,7 @@ from fusion.pruners import (
     segment_topk,  # noqa: F401
     uniform,  # noqa: F401
     vidcom2,  # noqa: F401
+    xattn,  # noqa: F401
 )
 from fusion.pruners.base import Compressor
 from fusion.pruners.budget import Budget, check_retention, keep_count
