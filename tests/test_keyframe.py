@@ -79,7 +79,8 @@ def test_keyframe_known_by_construction(config, rule, keys):
 
 @pytest.mark.parametrize("rule, keys", [("least_similar", [2, 3]), ("first", [0, 3])])
 def test_blocks_of_n_grids(config, rule, keys):
-    """block=3 on 6 grids: two blocks of 3 frames; odd frames at 2 and 3. r = 0.5: K_b = 6 -> keyframe 4, others 1, 1."""
+    """block=3 on 6 grids: two blocks of 3 frames; odd frames at 2 and 3. r = 0.5: K_b = 6 -> keyframe 4, others 1 + 1.
+    """
     g = torch.Generator().manual_seed(1)
     tokens = with_frames(config, odd_frame_layout(g, special=[2, 0], blocks=2, per_block=3))
     keep = METHODS.build("keyframe", 0.5, block=3, keyframe=rule)(tokens).keep

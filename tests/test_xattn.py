@@ -75,8 +75,8 @@ def test_scores_equal_the_naive_reference(config, layout, self_weight, normalize
     ref = naive_scores(tokens, 0, self_weight, normalize, scale)
     positions = sorted(ref)
     assert positions == tokens.av_mask[0].nonzero().flatten().tolist()
-    torch.testing.assert_close(scores[0, positions].double(), torch.tensor([ref[p] for p in positions], dtype=torch.float64),
-                               atol=1e-5, rtol=1e-5)
+    expected = torch.tensor([ref[p] for p in positions], dtype=torch.float64)
+    torch.testing.assert_close(scores[0, positions].double(), expected, atol=1e-5, rtol=1e-5)
     assert bool(scores[0][~tokens.av_mask[0]].isnan().all())
 
 

@@ -84,14 +84,18 @@ def pack(values: Tensor, group: Tensor, slot: Tensor, n_groups: int, width: int)
 def group_scores(video: Tensor, audio: Tensor, video_valid: Tensor, audio_valid: Tensor, scale: float,
                  self_weight: float) -> tuple[Tensor, Tensor]:
     """Scores of padded groups (module doc): ``video`` ``(C, n_v, D)``, ``audio`` ``(C, n_a, D)`` ->
-    ``(C, n_v)`` and ``(C, n_a)``."""
-    self_v = received(video, video, video_valid, video_valid, scale, exclude_self=True)  # (C, n_v)
-    self_a = received(audio, audio, audio_valid, audio_valid, scale, exclude_self=True)  # (C, n_a)
-    cross_v = received(audio, video, audio_valid, video_valid, scale, exclude_self=False)  # (C, n_v)
-    cross_a = received(video, audio, video_valid, audio_valid, scale, exclude_self=False)  # (C, n_a)
-    cross_v = torch.where(audio_valid.any(1, keepdim=True), cross_v, self_v)  # no audio in the group
-    cross_a = torch.where(video_valid.any(1, keepdim=True), cross_a, self_a)  # no video in the group
-    return cross_v + self_weight * self_v, cross_a + self_weight * self_a
+    ``(C, n_v)`` and ``(C, n_a)``. The own-modality terms (the largest products) are computed only when they are
+    used: ``self_weight > 0`` or a group of the chunk lacks the other modality."""
+    has_v, has_a = video_valid.any(1, keepdim=True), audio_valid.any(1, keepdim=True)  # (C, 1)
+    scores = []
+    for own, own_valid, other, other_valid, other_present in ((video, video_valid, audio, audio_valid, has_a),
+                                                              (audio, audio_valid, video, video_valid, has_v)):
+        cross = received(other, own, other_valid, own_valid, scale, exclude_self=False)  # (C, n_own)
+        if self_weight > 0 or not bool(other_present.all()):
+            own_term = received(own, own, own_valid, own_valid, scale, exclude_self=True)  # (C, n_own)
+            cross = torch.where(other_present, cross, own_term) + self_weight * own_term
+        scores.append(cross)
+    return scores[0], scores[1]
 
 
 def xattn_scores(tokens: AVTokens, self_weight: float = 0.0, normalize: bool = False, scale: float | None = None,
