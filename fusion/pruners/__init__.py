@@ -3,6 +3,7 @@
 # importing a method's module registers it (one module per line keeps merges clean)
 from fusion.pruners import (
     audio_attn,  # noqa: F401
+    compose,  # noqa: F401
     divprune,  # noqa: F401
     keep_all,  # noqa: F401
     keyframe,  # noqa: F401
