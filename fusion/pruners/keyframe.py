@@ -53,18 +53,23 @@ from fusion.tokens import AVTokens, Selection
 RULES = ("least_similar", "most_similar", "first")
 
 
+def unit_similarity(unit: Tensor) -> Tensor:
+    """``S[f, g] = 1/M sum_m u[f, m] . u[g, m]`` for unit tokens ``unit`` ``(T, M, D)`` -> ``(T, T)`` (one matmul)."""
+    T, M, _ = unit.shape
+    flat = unit.reshape(T, -1)  # (T, M*D): a frame's unit tokens side by side
+    return flat @ flat.T / M
+
+
 def frame_similarity(frames: Tensor) -> Tensor:
     """``S[f, g] = 1/M sum_m cos(x[f, m], x[g, m])`` for ``frames`` ``(T, M, D)`` -> ``(T, T)``."""
-    T, M, _ = frames.shape
-    unit = F.normalize(frames.float(), dim=-1).reshape(T, -1)  # (T, M*D): a frame's unit tokens side by side
-    return unit @ unit.T / M
+    return unit_similarity(F.normalize(frames.float(), dim=-1))
 
 
-def choose_keyframes(sim: Tensor, block: Tensor, rule: str) -> Tensor:
+def choose_keyframes(sim: Tensor | None, block: Tensor, rule: str) -> Tensor:
     """``(T,)`` bool, True at the keyframe of every block (module doc, step 3).
 
     Args:
-        sim: ``(T, T)`` frame similarities.
+        sim: ``(T, T)`` frame similarities (unused, may be None, for ``rule="first"``).
         block: ``(T,)`` long block id of every frame (``>= 0``).
         rule: one of :data:`RULES`.
     """
@@ -103,12 +108,13 @@ def keyframe_keep(frames: Tensor, block: Tensor, retention: float, rule: str = "
     ids ``0..G-1`` in time order): the whole method, module doc."""
     frames = frames.float()
     T, M, _ = frames.shape
-    is_key = choose_keyframes(frame_similarity(frames), block, rule)  # (T,)
+    unit = F.normalize(frames, dim=-1)  # (T, M, D)
+    is_key = choose_keyframes(None if rule == "first" else unit_similarity(unit), block, rule)  # (T,)
     key_frame = torch.zeros(int(block.max()) + 1, dtype=torch.long, device=frames.device)
     key_frame[block[is_key]] = is_key.nonzero().flatten()  # (G,) index of each block's keyframe
-    unit = F.normalize(frames, dim=-1)  # (T, M, D)
-    to_key = (unit * unit[key_frame[block]]).sum(-1)  # (T, M) cos to the keyframe's token at the same place
-    to_mean = F.cosine_similarity(frames, frames.mean(dim=1, keepdim=True), dim=-1)  # (T, M) cos to the frame mean
+    to_key = torch.einsum("tmd,tmd->tm", unit, unit[key_frame[block]])  # (T, M) cos to the keyframe's same place
+    mean_dir = F.normalize(frames.mean(dim=1), dim=-1)  # (T, D)
+    to_mean = torch.einsum("tmd,td->tm", unit, mean_dir)  # (T, M) cos to the frame mean
     similarity = torch.where(is_key[:, None], to_mean, to_key)  # lower = keep first
     return keep_lowest_per_frame(similarity, frame_budgets(block, is_key, M, retention, keyframe_ratio))
 
