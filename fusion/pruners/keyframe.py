@@ -13,17 +13,24 @@ Per video (one frame = one temporal grid of ``M`` merged tokens; ``x[f, m]`` = t
 2. **frame similarity**: ``S[f, g] = 1/M sum_m cos(x[f, m], x[g, m])`` (mean cosine over tokens at the same place).
 3. **keyframe** of block ``b``, from ``s_f = mean_{g not in b} S[f, g]`` (mean similarity to the frames of the OTHER
    blocks; a video with one block uses the other frames of that block; a lone frame has ``s = 0``):
-   ``least_similar`` (default, the published variant) = ``argmin_{f in b} s_f``, the frame least like the rest of the
+   ``least_similar`` (default) = ``argmin_{f in b} s_f``, the frame least like the rest of the
    video; ``most_similar`` = ``argmax_{f in b} s_f``, the most representative frame (H.264-style alternative);
    ``first`` = the block's first frame (DyCoke's choice). Ties go to the earlier frame.
-4. **budget** of block ``b`` with ``F_b`` frames: ``K_b = ceil(r F_b M)``. The keyframe keeps
-   ``k_key = min(K_b, max(ceil(keyframe_ratio M), K_b - (F_b - 1) M))``: whole by default (``keyframe_ratio = 1``)
-   unless the block's budget is smaller than one frame, in which case the keyframe alone takes the whole budget
-   (spatially pruned to ``K_b`` tokens) and the other frames keep nothing; and at least what the other frames cannot
-   hold. The rest ``R_b = K_b - k_key`` is spread over the ``F_b - 1`` other frames in time order:
-   ``floor(R_b / (F_b - 1))`` each, plus one for the first ``R_b mod (F_b - 1)`` of them. So every block keeps exactly
-   ``K_b`` tokens and a sample keeps ``sum_b ceil(r F_b M) >= ceil(r N_v)`` video tokens (per-block rounding adds
-   less than one token per block).
+4. **budget** of block ``b`` with ``F_b`` frames: ``K_b = ceil(r F_b M)``; the keyframe keeps
+   ``k_key = min(K_b, max(ceil(keyframe_ratio M), K_b - (F_b - 1) M))`` and the rest ``R_b = K_b - k_key`` is spread
+   over the ``F_b - 1`` other frames in time order: ``floor(R_b / (F_b - 1))`` each, plus one for the first
+   ``R_b mod (F_b - 1)`` of them. That is:
+
+   * by default (``keyframe_ratio = 1``) the keyframe is kept whole whenever ``K_b >= M``;
+   * when the keyframe alone exceeds the budget (``K_b < M``, i.e. ``r < 1/F_b``: below 0.5 with the default 2-grid
+     blocks) it keeps its ``K_b`` best tokens (spatially pruned, step 5) and the other frames keep nothing: only
+     keyframes survive, and the block never exceeds ``K_b``. Use longer blocks (``block=n``) to keep whole
+     keyframes at low retention (``block=4`` at ``r = 0.25`` keeps exactly one whole grid in four);
+   * with ``keyframe_ratio < 1`` the keyframe keeps more than ``ceil(keyframe_ratio M)`` only when the other frames
+     cannot hold the rest.
+
+   So every block keeps exactly ``K_b`` tokens and a sample keeps ``sum_b ceil(r F_b M) >= ceil(r N_v)`` video tokens
+   (per-block rounding adds less than one token per block).
 5. **tokens**: a non-key frame keeps its ``k_f`` tokens least similar to the keyframe's token at the same place
    (largest ``1 - cos(x[f, m], x[key, m])``); a keyframe pruned below ``M`` keeps its ``k_key`` tokens least similar
    to its own frame mean (largest ``1 - cos(x[key, m], mean_m' x[key, m'])``, OmniSIFT's parameter-free first-frame

@@ -6,7 +6,7 @@ Inside every 2-second time group ``g`` (:attr:`AVTokens.time_group`), with the g
 SDPA-style attention without any learned weight::
 
     P_XY = softmax_rows(scale * X Y^T)                   # queries X, keys Y; scale = 1/sqrt(D) by default
-    recv_XY[j] = mean_{i} (m_i * P_XY[i, j])             # attention received relative to uniform (m_i = keys of row i)
+    recv_XY[j] = mean_{i attends j} m_i * P_XY[i, j]     # received, relative to uniform (m_i = keys of row i)
     cross_v = recv_AV,  cross_a = recv_VA                # what a video token receives from the audio, and vice versa
     self_v  = recv_VV,  self_a  = recv_AA                # same modality, a token never attends to itself
     score   = cross + self_weight * self                 # self_weight = 0 by default
