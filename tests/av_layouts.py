@@ -53,3 +53,28 @@ def ranks_kept(tokens, keep, b: int, modality: str) -> list[int]:
     """Indices (among sample ``b``'s video or audio tokens, in order) of the kept ones."""
     pool = tokens.video_mask[b] if modality == "video" else tokens.audio_mask[b]
     return keep[b][pool].nonzero().flatten().tolist()
+
+
+def stack_tokens(config, samples: list, padding_side: str = "right"):
+    """One padded batch from single-sample AVTokens (e.g. ``synthetic_tokens`` outputs, whose TMRoPE ids are the real
+    ones), re-annotated like the thinker does; extras are stacked with NaN padding."""
+    width = max(s.seq_len for s in samples)
+    B, D = len(samples), samples[0].embeds.shape[-1]
+    input_ids = torch.zeros(B, width, dtype=torch.long)
+    mask = torch.zeros(B, width, dtype=torch.long)
+    emb = torch.zeros(B, width, D, dtype=samples[0].embeds.dtype)
+    positions = torch.ones(3, B, width, dtype=samples[0].position_ids.dtype)  # what get_rope_index writes on padding
+    keys = sorted({k for s in samples for k in s.extras})
+    extras = {k: torch.full((B, width), float("nan")) for k in keys}
+    for b, s in enumerate(samples):
+        n = s.seq_len
+        sl = slice(0, n) if padding_side == "right" else slice(width - n, width)
+        input_ids[b, sl], mask[b, sl], emb[b, sl] = s.input_ids[0], 1, s.embeds[0]
+        positions[:, b, sl] = s.position_ids[:, 0]
+        for k in keys:
+            if k in s.extras:
+                extras[k][b, sl] = s.extras[k][0]
+    grids = [s.video_grid_thw for s in samples if s.video_grid_thw is not None]
+    tokens = annotate_tokens(emb, input_ids, mask, positions, torch.cat(grids) if grids else None, config)
+    tokens.extras.update(extras)
+    return tokens

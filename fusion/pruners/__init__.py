@@ -3,13 +3,17 @@
 # importing a method's module registers it (one module per line keeps merges clean)
 from fusion.block import method as _fusion_block  # noqa: F401  (registers the learned block as 'fusion')
 from fusion.pruners import (
+    audio_attn,  # noqa: F401
+    compose,  # noqa: F401
     divprune,  # noqa: F401
     keep_all,  # noqa: F401
+    keyframe,  # noqa: F401
     omnizip,  # noqa: F401
     random_tokens,  # noqa: F401
     segment_topk,  # noqa: F401
     uniform,  # noqa: F401
     vidcom2,  # noqa: F401
+    xattn,  # noqa: F401
 )
 from fusion.pruners.base import Compressor
 from fusion.pruners.budget import Budget, check_retention, keep_count
