@@ -207,3 +207,25 @@ class _Fixed:
 
     def llm_hook(self):
         return self.hook
+
+
+@torch.no_grad()
+def test_eager_backend_gives_the_sdpa_results(deep, deep_eager):
+    """The same weights on eager attention (additive float masks) and on SDPA (bool masks / causal path) give the
+    same FastV prefill logits and the same greedy decode, on a padded batch."""
+    from fusion import METHODS
+
+    inputs = random_inputs(deep, seconds=3, batch_size=2, seed=9)
+    outs = []
+    for model in (deep, deep_eager):
+        model.set_compressor(METHODS.build("fastv", retention=0.4, k=2))
+        try:
+            forward = model(**inputs)
+            outs.append((forward, model.generate(**inputs, max_new_tokens=4, min_new_tokens=4)))
+        finally:
+            model.set_compressor(METHODS.build("none"))
+    (sdpa, sdpa_gen), (eager, eager_gen) = outs
+    assert torch.equal(sdpa.source_index, eager.source_index)
+    real = sdpa.attention_mask.bool()
+    torch.testing.assert_close(sdpa.logits[real], eager.logits[real], atol=1e-5, rtol=0)
+    assert torch.equal(sdpa_gen, eager_gen)

@@ -21,12 +21,12 @@ from fusion.model.llm_hooks import (
     HookCache,
     HookStats,
     LLMHook,
-    additive_mask,
+    attention_mask,
     attention_row,
     compact,
     layer_keys,
     layer_query,
-    prefill_allowed,
+    prefill_mask,
 )
 from fusion.tokens import AVTokens, KeepStats, Modality, Selection
 
@@ -128,7 +128,8 @@ def run_prefill(thinker, tokens: AVTokens, pruned: PrunedBatch, hook: LLMHook, p
     batch, hidden = pruned, pruned.inputs_embeds  # (B, S, D)
     valid = batch.attention_mask.bool()
     cos, sin = lm.rotary_emb(hidden, batch.position_ids)  # (B, S, d) each
-    mask = additive_mask(prefill_allowed(valid), hidden.dtype)  # (B, 1, S, S)
+    backend = lm.config._attn_implementation
+    mask = prefill_mask(valid, hidden.dtype, backend)  # (B, 1, S, S) or None (causal, no padding)
     key_masks, counts, layer_input = [], [], hidden
     for i, layer in enumerate(layers):
         if i == hook.prefill_layer:
@@ -137,7 +138,7 @@ def run_prefill(thinker, tokens: AVTokens, pruned: PrunedBatch, hook: LLMHook, p
             batch = drop_tokens(tokens, batch, hidden, keep, padding_side, pad)
             hidden, valid = batch.inputs_embeds, batch.attention_mask.bool()
             cos, sin = lm.rotary_emb(hidden, batch.position_ids)
-            mask = additive_mask(prefill_allowed(valid), hidden.dtype)
+            mask = prefill_mask(valid, hidden.dtype, backend)
         layer_input = hidden
         hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), past_key_values=cache,
                        use_cache=use_cache)
@@ -177,7 +178,7 @@ def decode_step(thinker, tokens: AVTokens, state: HookedState, hook: LLMHook, to
     generated token (cache gather, original order).
     """
     lm = thinker.model.language_model
-    layers, cache = lm.layers, state.cache
+    layers, cache, backend = lm.layers, state.cache, lm.config._attn_implementation
     B = token.shape[0]
     hidden = thinker.model.get_input_embeddings()(token)[:, None]  # (B, 1, D)
     pos = state.next_position[None, :, None].expand(3, B, 1)  # (3, B, 1)
@@ -189,11 +190,11 @@ def decode_step(thinker, tokens: AVTokens, state: HookedState, hook: LLMHook, to
     L = hook.decode_layer
     for i, layer in enumerate(layers):
         if L is not None and i == L:
-            restricted_mask = _restrict(state, hook, layers[L - 1], layer_input, cos, sin, hidden.dtype)
+            restricted_mask = _restrict(state, hook, layers[L - 1], layer_input, cos, sin, hidden.dtype, backend)
         if restricted_mask is not None:
             mask = restricted_mask
         else:
-            mask = additive_mask(state.key_masks[i][:, None, :], hidden.dtype)  # (B, 1, 1, S_l + 1)
+            mask = attention_mask(state.key_masks[i][:, None, :], hidden.dtype, backend)  # (B, 1, 1, S_l + 1)
         layer_input = hidden
         hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), past_key_values=cache,
                        use_cache=True)
@@ -203,7 +204,7 @@ def decode_step(thinker, tokens: AVTokens, state: HookedState, hook: LLMHook, to
 
 
 def _restrict(state: HookedState, hook: LLMHook, prev_layer, layer_input: Tensor, cos: Tensor, sin: Tensor,
-              dtype: torch.dtype) -> Tensor | None:
+              dtype: torch.dtype, backend: str) -> Tensor | None:
     """Ask the hook which prefill entries layers >= L attend to; set the cache gather; return their mask."""
     L = hook.decode_layer
     keys = state.cache.keys[L - 1]  # (B, Hkv, S + 1, d): layer L-1 already stored the current token
@@ -224,7 +225,7 @@ def _restrict(state: HookedState, hook: LLMHook, prev_layer, layer_input: Tensor
     index, index_valid = compact(allowed)  # (B, W)
     state.cache.restrict(L, index)
     state.decode_av_kept.append((pool & keep).sum(1))
-    return additive_mask(index_valid[:, None, :], dtype)  # (B, 1, 1, W)
+    return attention_mask(index_valid[:, None, :], dtype, backend)  # (B, 1, 1, W)
 
 
 def hooked_forward(thinker, tokens: AVTokens, pruned: PrunedBatch, hook: LLMHook, padding_side: str = "right",

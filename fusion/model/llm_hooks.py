@@ -162,11 +162,21 @@ def attention_row(query: Tensor, keys: Tensor, allowed: Tensor, scaling: float) 
 
 
 # ---------------------------------------------------------------------------------------------- masks and cache
-def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
-    """``(B, 1, Q, S)`` additive attention mask (0 where ``allowed`` ``(B, Q, S)``, the dtype's minimum elsewhere),
-    usable by both the SDPA and the eager attention of transformers."""
+def attention_mask(allowed: Tensor, dtype: torch.dtype, backend: str) -> Tensor:
+    """``(B, 1, Q, S)`` mask from ``allowed`` ``(B, Q, S)`` in the form the attention backend takes: bool (True =
+    attend; 1 byte per entry) for ``sdpa``, additive float (0 / the dtype's minimum) for ``eager``."""
+    if backend == "sdpa":
+        return allowed[:, None]
     zero = torch.zeros((), dtype=dtype, device=allowed.device)
     return torch.where(allowed, zero, torch.finfo(dtype).min)[:, None]
+
+
+def prefill_mask(valid: Tensor, dtype: torch.dtype, backend: str) -> Tensor | None:
+    """The prefill mask of :func:`prefill_allowed`; None for ``sdpa`` without padding (SDPA's own causal path,
+    which can use its flash kernels, exactly as HF's text model does)."""
+    if backend == "sdpa" and bool(valid.all()):
+        return None
+    return attention_mask(prefill_allowed(valid), dtype, backend)
 
 
 def prefill_allowed(valid: Tensor) -> Tensor:
