@@ -209,8 +209,9 @@ def dycoke(deep):
     deep.set_compressor(METHODS.build("none"))
 
 
-def _naive_stage2_generate(model, tokens, pruned, layer: int, p: float, steps: int) -> list[torch.Tensor]:
-    """Cacheless greedy reference (one unpadded sample); returns the logits ``(V,)`` of every step.
+def _naive_stage2_generate(model, tokens, pruned, layer: int, p: float, steps: int):
+    """Cacheless greedy reference (one unpadded sample); returns the logits ``(V,)`` of every step and the rows
+    (head-mean eager attention at layer L-1 of each fed-back token over the prompt entries).
 
     Every step re-runs [prompt; new] through naive eager layers. Layers < L are causal; at layers >= L the row of
     each fed-back token j sees only the prompt entries kept for it (the top floor(N(1-P)) AV entries of ITS row at
@@ -222,7 +223,7 @@ def _naive_stage2_generate(model, tokens, pruned, layer: int, p: float, steps: i
     modality = tokens.modality[0, pruned.source_index[0]]
     pool = (modality == Modality.VIDEO) | (modality == Modality.AUDIO)
     n_keep = math.floor(int(pool.sum()) * (1 - p) + 1e-9)
-    new, keeps, all_logits = [], [], []
+    new, keeps, all_logits, rows = [], [], [], []
     for _ in range(steps):
         ids = torch.tensor(new, dtype=torch.long).view(1, len(new))
         h = torch.cat([pruned.inputs_embeds, model.model.get_input_embeddings()(ids)], dim=1)
@@ -231,7 +232,8 @@ def _naive_stage2_generate(model, tokens, pruned, layer: int, p: float, steps: i
         n, probs = h.shape[1], None
         for i, block in enumerate(lm.layers):  # probs: head-mean attention of the previous layer
             if i == layer and len(keeps) < len(new):
-                keeps.append(topk_keep(probs[0, n - 1, :S], pool, n_keep))
+                rows.append(probs[0, n - 1, :S])
+                keeps.append(topk_keep(rows[-1], pool, n_keep))
             allowed = causal(n).clone()
             if i >= layer:
                 for j, keep in enumerate(keeps):
@@ -240,7 +242,19 @@ def _naive_stage2_generate(model, tokens, pruned, layer: int, p: float, steps: i
         logits = model.lm_head(lm.norm(h))[0, -1]
         all_logits.append(logits)
         new.append(int(logits.index_fill(0, torch.tensor([eos]), float("-inf")).argmax()))
-    return all_logits
+    return all_logits, rows
+
+
+class RecordingHook(DyCokeDecodeHook):
+    """DyCoke's stage-2 hook that also records the rows the runner hands it."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.rows = []
+
+    def decode_keep(self, row, modality):
+        self.rows.append(row[0].clone())
+        return super().decode_keep(row, modality)
 
 
 @pytest.mark.parametrize("mode", ["as_coded", "as_paper"])
@@ -254,16 +268,18 @@ def test_stage2_always_pruning_equals_naive_reference(dycoke, mode):
     stats = model.last_stats
     pruned = model.compress(inputs["input_ids"], padding_side="left", **_media(inputs))
     tokens = model.last_tokens
-    expected = _naive_stage2_generate(model, tokens, pruned, layer=2, p=0.7, steps=steps)
+    expected, rows = _naive_stage2_generate(model, tokens, pruned, layer=2, p=0.7, steps=steps)
     greedy = [int(x.index_fill(0, torch.tensor([eos]), float("-inf")).argmax()) for x in expected]
     assert out[0, inputs["input_ids"].shape[1]:].tolist() == greedy
-    hook = model.llm_hook()  # drive the runner step by step to compare values, not only argmaxes
+    hook = RecordingHook(2, 0.7, 2.0, mode, "audio_video")  # drive the runner step by step: compare values
     state = run_prefill(model, tokens, pruned, hook, "left", use_cache=True)
     logits = model.lm_head(state.hidden[:, -1])
     for step in range(steps):
         if step:
             logits = decode_step(model, tokens, state, hook, torch.tensor([greedy[step - 1]]))
         torch.testing.assert_close(logits[0], expected[step], atol=2e-5, rtol=0)
+    for ours, naive in zip(hook.rows, rows, strict=True):  # the one computed row == the eager matrix's row
+        torch.testing.assert_close(ours, naive, atol=1e-6, rtol=1e-5)
     n_av = int(stats.decode_av_total[0])
     assert stats.decode_av_kept[0].tolist() == [math.floor(n_av * 0.3 + 1e-9)] * (steps - 1)
 

@@ -32,8 +32,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import apply_rotary_pos_emb
-
 from fusion.errors import MethodConfigError
 from fusion.tokens import KeepStats
 
@@ -117,6 +115,13 @@ def layer_token_counts(stats: KeepStats, num_layers: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- one attention row
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """HF's own RoPE for Qwen2.5-Omni (imported here so that importing the registry stays light)."""
+    from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import apply_rotary_pos_emb
+
+    return apply_rotary_pos_emb(x, x, cos, sin)[0]
+
+
 def layer_query(layer, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotated queries of a decoder layer: ``q = RoPE(W_q · RMSNorm(h) + b_q)``, ``(B, H, Q, d)``.
 
@@ -125,7 +130,7 @@ def layer_query(layer, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     attn = layer.self_attn
     B, Q, _ = hidden.shape
     q = attn.q_proj(layer.input_layernorm(hidden)).view(B, Q, -1, attn.head_dim).transpose(1, 2)  # (B, H, Q, d)
-    return apply_rotary_pos_emb(q, q, cos, sin)[0]
+    return _rotate(q, cos, sin)
 
 
 def layer_keys(layer, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -134,7 +139,7 @@ def layer_keys(layer, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     attn = layer.self_attn
     B, S, _ = hidden.shape
     k = attn.k_proj(layer.input_layernorm(hidden)).view(B, S, -1, attn.head_dim).transpose(1, 2)  # (B, Hkv, S, d)
-    return apply_rotary_pos_emb(k, k, cos, sin)[0]
+    return _rotate(k, cos, sin)
 
 
 def attention_row(query: Tensor, keys: Tensor, allowed: Tensor, scaling: float) -> Tensor:

@@ -13,9 +13,10 @@ Per 4-frame window frame 0 is whole and frames 1-3 keep ``n`` each: retention ``
 K=0.7, never below 25 %). Quirks of the official code, kept here:
 
 * ``last_window_quirk`` (default True, as coded): the window loop is ``range(0, F - 4, 4)``, which skips the last
-  window (32 frames at K=0.7 keep 15.9 of 32 frame-equivalents = 0.497, not 0.475) and every window when ``F <= 4``
-  (where the official code crashes on an empty ``torch.stack``). False prunes frame ``i+2`` of every window whose
-  pair it belongs to.
+  window when ``F`` is a multiple of 4 (32 frames at K=0.7 keep 15.9 of 32 frame-equivalents = 0.497, not 0.475;
+  for other ``F`` the loop already reaches every window that has a frame ``i+2``), and every window when
+  ``F <= 4`` (where the official code crashes on an empty ``torch.stack``). False prunes frame ``i+2`` of every
+  window that has one among the paired frames.
 * odd ``F``: the pair loop ``range(0, F - 1, 2)`` never reaches the last frame, so the official code DROPS it
   entirely (``odd_frame="drop"``, default, as coded and as VidCom²'s omni port does); ``odd_frame="keep"`` keeps it
   whole instead.
