@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
 from fusion.errors import MethodConfigError
 from fusion.tokens import KeepStats
 

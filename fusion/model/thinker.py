@@ -2,7 +2,9 @@
 
 Prefill with media goes:  encoders -> scatter into inputs_embeds -> full TMRoPE ids (unpruned) -> AVTokens
 -> compressor -> Selection -> apply_keep -> language model -> lm_head.  Everything else (text-only calls,
-decoding steps with a cache, calls with ready ``inputs_embeds``) is the stock HF path.
+decoding steps with a cache, calls with ready ``inputs_embeds``) is the stock HF path. A compressor whose
+``llm_hook()`` returns a hook (FastV, DyCoke stage 2; ``fusion.model.llm_hooks``) has its prefill / decoding run by
+``fusion.model.hooked_lm`` and ``fusion.model.hooked_generate`` instead.
 """
 
 from __future__ import annotations
