@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Figures for the in-LLM methods: prefill and decode time through the hook, and DyCoke's measured TTM retention.
 
-    python scripts/bench_inllm.py [--repeats 7] [--seconds 8] [--new-tokens 16]
+    python scripts/bench_inllm.py [--repeats 7] [--seconds 8] [--new-tokens 32] [--threads 1]
 
-1. Prefill (one forward, batch 1) on a mid-size random config (the 3B config shrunk for CPU, 6 decoder layers):
-   stock path vs FastV's hook forced to keep everything (the runner's own overhead) vs FastV r=0.5 at K=2 vs DyCoke
-   TTM at r=0.475 (K=0.7); median of interleaved runs, with each layer's token count.
-2. Greedy decoding of ``--new-tokens`` tokens: HF generate vs the hooked greedy loop (DyCoke stage 2 with a
-   threshold that never prunes, and one that prunes at every step; FastV).
+1. Language-model prefill (batch 1, KV cache, next-token logits; encoders excluded) on a mid-size random config
+   (the 3B config shrunk for CPU, 6 decoder layers): HF's text model vs the hooked runner keeping everything (its
+   own overhead) vs FastV r=0.5 / 0.25 at K=2 vs HF's text model on DyCoke's TTM prefix (r=0.475); median of
+   interleaved runs, with each layer's token count; and the time of the TTM selection itself.
+2. Greedy decoding: per-step time from ``generate`` of 1 and of ``--new-tokens`` tokens: HF generate vs the hooked
+   greedy loop (DyCoke stage 2 with a threshold that never prunes, and one that prunes at every step; FastV).
 3. DyCoke TTM retention measured on the OmniZip layout (144 video tokens per 1-s grid, 25 audio tokens per
    second) for several clip lengths, nominal ``(1 + 3(1-K))/4`` vs measured, last-window quirk on and off.
 """
@@ -23,6 +24,7 @@ import torch
 import transformers
 
 from fusion.model.configs import scaled_config
+from fusion.model.hooked_lm import run_prefill
 from fusion.model.loading import build_random_thinker
 from fusion.pruners import METHODS
 from fusion.pruners.dycoke_ttm import ttm_keep
@@ -30,45 +32,58 @@ from fusion.pruners.fastv import POOLS, FastVHook
 from fusion.testing import random_inputs
 
 
-class ForcedHook:
-    """FastV's hook at retention 1.0 forced through the runner (the registry would take the stock path)."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-
-    def __call__(self, tokens):
-        return tokens.keep_all()
-
-    def llm_hook(self):
-        return FastVHook(self.k, 1.0, POOLS["av"])
-
-
 def prefill_table(model, inputs: dict, repeats: int) -> None:
+    """Language-model prefill only (encoders excluded: they are the same for every method), next-token logits, KV
+    cache built, all configs interleaved; plus the time of DyCoke's TTM selection itself."""
+    media = {k: v for k, v in inputs.items() if k != "input_ids"}
+    lm = model.model.language_model
+    with torch.no_grad():
+        model.set_compressor(METHODS.build("none"))
+        full = model.compress(inputs["input_ids"], padding_side="left", **media)
+        tokens = model.last_tokens
+        dycoke = METHODS.build("dycoke", retention=0.475)
+        model.set_compressor(dycoke)
+        ttm = model.compress(inputs["input_ids"], padding_side="left", **media)
+    model.set_compressor(METHODS.build("none"))
+
+    def stock(batch):
+        hidden = lm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids, use_cache=True).last_hidden_state
+        return model.lm_head(hidden[:, -1])
+
+    def hooked(retention: float):
+        state = run_prefill(model, tokens, full, FastVHook(2, retention, POOLS["av"]), "left", use_cache=True)
+        return model.lm_head(state.hidden[:, -1]), state.layer_tokens[0].tolist()
+
     configs = {
-        "stock path (none)": METHODS.build("none"),
-        "runner, keep all (FastV hook r=1, K=2)": ForcedHook(2),
-        "FastV r=0.5, K=2": METHODS.build("fastv", retention=0.5, k=2),
-        "DyCoke TTM r=0.475 (K=0.7)": METHODS.build("dycoke", retention=0.475),
+        "HF text model, all tokens": lambda: (stock(full), [full.inputs_embeds.shape[1]] * 6),
+        "hooked runner, keep all (FastV hook r=1, K=2)": lambda: hooked(1.0),
+        "hooked runner, FastV r=0.5, K=2": lambda: hooked(0.5),
+        "hooked runner, FastV r=0.25, K=2": lambda: hooked(0.25),
+        "HF text model on the TTM prefix (DyCoke r=0.475)": lambda: (stock(ttm), [ttm.inputs_embeds.shape[1]] * 6),
     }
     times: dict[str, list[float]] = {name: [] for name in configs}
     counts = {}
     with torch.no_grad():
         for i in range(2 + repeats):
-            for name, compressor in configs.items():  # interleaved so drift hits every config alike
-                model.set_compressor(compressor)
+            for name, run in configs.items():  # interleaved so drift hits every config alike
                 start = time.perf_counter()
-                model(**inputs)
+                _, counts[name] = run()
                 if i >= 2:
                     times[name].append(time.perf_counter() - start)
-                stats = model.last_stats
-                counts[name] = getattr(stats, "layer_tokens", None)
-                if counts[name] is None:
-                    counts[name] = stats.sequence_after[:, None].expand(-1, 6)
-    base = statistics.median(times["stock path (none)"])
-    print("\n| prefill (forward, batch 1) | median ms | vs stock | tokens per decoder layer |\n|---|---|---|---|")
+        ttm_times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            dycoke.select(tokens)
+            ttm_times.append(time.perf_counter() - start)
+    base = statistics.median(times["HF text model, all tokens"])
+    print("\n| LLM prefill (batch 1, KV cache, last logits) | median ms | vs HF | tokens per decoder layer |")
+    print("|---|---|---|---|")
     for name in configs:
         t = statistics.median(times[name])
-        print(f"| {name} | {t * 1e3:.1f} | {t / base:.3f} | {counts[name][0].tolist()} |")
+        print(f"| {name} | {t * 1e3:.1f} | {t / base:.3f} | {counts[name]} |")
+    print(f"\nDyCoke TTM selection itself (video + audio, {tokens.av_mask.sum().item()} AV tokens): "
+          f"{statistics.median(ttm_times) * 1e3:.2f} ms median")
 
 
 def decode_table(model, inputs: dict, new_tokens: int, repeats: int) -> None:
@@ -119,8 +134,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=8)
-    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 by default: on a shared machine every parallel op otherwise waits for "
+                             "a second core, which swamps the figures)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.processor() or 'cpu'}, "
           f"{torch.get_num_threads()} threads, fp32, sdpa")
     model = build_random_thinker(scaled_config("qwen2_5_omni_3b"), seed=0).eval()
@@ -128,7 +147,7 @@ def main() -> None:
     print(f"mid config: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params, "
           f"{model.config.get_text_config().num_hidden_layers} decoder layers, sequence {inputs['input_ids'].shape[1]}")
     prefill_table(model, inputs, args.repeats)
-    decode_table(model, inputs, args.new_tokens, args.repeats)
+    decode_table(model, inputs, args.new_tokens, max(3, args.repeats // 2))
     ttm_retention_table()
 
 

@@ -125,7 +125,7 @@ class DyCoke(Compressor):
         if self.modalities == "audio_video":
             groups += audio_frame_positions(tokens, self.audio_frame_tokens)
         for b, pos in groups:  # one iteration per video / audio block
-            frames = embeds[b, pos]  # (F, P, D)
+            frames = embeds[b].index_select(0, pos.flatten()).view(*pos.shape, -1)  # (F, P, D)
             keep[b, pos] = ttm_keep(frames, self.k, self.last_window_quirk, self.odd_frame)
         return Selection(keep=keep)
 

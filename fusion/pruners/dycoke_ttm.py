@@ -83,7 +83,7 @@ def ttm_keep(frames: Tensor, k: float, last_window_quirk: bool = True, odd_frame
     windows = range(0, n_frames - 4, 4) if last_window_quirk else range(0, even - 2, 4)  # pivot frame indices
     pivots = torch.tensor(list(windows), dtype=torch.long, device=frames.device)
     if pivots.numel():
-        sim = F.cosine_similarity(frames[pivots], frames[pivots + 2], dim=-1)  # (n_windows, P)
+        sim = F.cosine_similarity(frames.index_select(0, pivots), frames.index_select(0, pivots + 2), dim=-1)
         keep[pivots + 2] = lowest_mask(sim, n)
     if n_frames % 2 and odd_frame == "drop":
         keep[-1] = False
@@ -96,7 +96,7 @@ def video_frame_positions(tokens: AVTokens, video: int) -> tuple[int, Tensor]:
     where = tokens.video_index == video  # (B, L)
     b = int(where.any(dim=1).nonzero()[0, 0])
     pos = where[b].nonzero().flatten()  # (N_v,)
-    t, h, w = tokens.grid_place[b, pos].unbind(-1)
+    t, h, w = tokens.grid_place[b].index_select(0, pos).unbind(-1)  # (N_v,) each
     merge = tokens.spatial_merge_size
     _, gh, gw = (int(x) for x in tokens.video_grid_thw[video])
     hm, wm = gh // merge, gw // merge
