@@ -45,6 +45,10 @@ class SelectionError(AVFusionError, RuntimeError):
     """A compressor returned a selection that breaks the contract (drops text, wrong shape)."""
 
 
+class UnsupportedOptionError(AVFusionError, ValueError):
+    """An option the in-LLM hook path cannot honour (a sampling/beam generate option, FlashAttention, ...)."""
+
+
 class ConfigError(AVFusionError, ValueError):
     """A recipe/eval config with an unknown key or an invalid value (the message names the dotted key)."""
 

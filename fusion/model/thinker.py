@@ -2,7 +2,9 @@
 
 Prefill with media goes:  encoders -> scatter into inputs_embeds -> full TMRoPE ids (unpruned) -> AVTokens
 -> compressor -> Selection -> apply_keep -> language model -> lm_head.  Everything else (text-only calls,
-decoding steps with a cache, calls with ready ``inputs_embeds``) is the stock HF path.
+decoding steps with a cache, calls with ready ``inputs_embeds``) is the stock HF path. A compressor whose
+``llm_hook()`` returns a hook (FastV, DyCoke stage 2; ``fusion.model.llm_hooks``) has its prefill / decoding run by
+``fusion.model.hooked_lm`` and ``fusion.model.hooked_generate`` instead.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from torch import Tensor
 from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 from transformers.cache_utils import Cache
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from fusion.errors import InputMismatchError, NonFiniteFeaturesError
 from fusion.model.annotate import annotate_tokens
 from fusion.model.audio_attention import MODES, LastLayerInputRecorder, attention_received
+from fusion.model.hooked_generate import hooked_generate
+from fusion.model.hooked_lm import hooked_forward
 from fusion.model.keep import PrunedBatch, apply_keep
 from fusion.model.layout import SpecialIds
 from fusion.tokens import AVTokens, KeepStats
@@ -76,6 +80,11 @@ class CompressedThinker(Qwen2_5OmniThinkerForConditionalGeneration):
             self._compressor = None
         else:
             self._compressor = compressor
+
+    def llm_hook(self):
+        """A fresh in-LLM hook from the compressor (``fusion.model.llm_hooks``), or None: the stock path runs."""
+        make = getattr(self.compressor, "llm_hook", None)
+        return make() if make is not None else None
 
     # ------------------------------------------------------------------ encoders + annotation
     def _audio_features(self, input_features, feature_attention_mask, audio_feature_lengths, requires):
@@ -221,11 +230,16 @@ class CompressedThinker(Qwen2_5OmniThinkerForConditionalGeneration):
                 audio_feature_lengths=audio_feature_lengths, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
                 use_audio_in_video=use_audio_in_video, position_ids=position_ids,
             )
-            outputs = self.model.language_model(
-                inputs_embeds=pruned.inputs_embeds, attention_mask=pruned.attention_mask,
-                position_ids=pruned.position_ids, past_key_values=past_key_values, use_cache=use_cache,
-                return_dict=True, **kwargs,
-            )
+            hook = self.llm_hook()
+            if hook is not None and hook.prefill_layer is not None:  # FastV-like: tokens drop inside the LLM
+                hidden, pruned = hooked_forward(self, self.last_tokens, pruned, hook, **kwargs)
+                outputs = BaseModelOutputWithPast(last_hidden_state=hidden)
+            else:
+                outputs = self.model.language_model(
+                    inputs_embeds=pruned.inputs_embeds, attention_mask=pruned.attention_mask,
+                    position_ids=pruned.position_ids, past_key_values=past_key_values, use_cache=use_cache,
+                    return_dict=True, **kwargs,
+                )
             labels, kept_mask, source_index = pruned.labels, pruned.attention_mask, pruned.source_index
         else:
             outputs = self.model(
@@ -279,6 +293,9 @@ class CompressedThinker(Qwen2_5OmniThinkerForConditionalGeneration):
             feature_attention_mask=feature_attention_mask, audio_feature_lengths=audio_feature_lengths,
             pixel_values=pixel_values, image_grid_thw=image_grid_thw, use_audio_in_video=use_audio_in_video,
         )
+        hook = self.llm_hook()
+        if hook is not None:  # in-LLM methods decode with their own greedy loop (per-layer cache lengths)
+            return hooked_generate(self, pruned, hook, input_ids, **generate_kwargs)
         out = super().generate(inputs_embeds=pruned.inputs_embeds, attention_mask=pruned.attention_mask,
                                position_ids=pruned.position_ids, **generate_kwargs)
         if isinstance(out, Tensor):

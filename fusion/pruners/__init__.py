@@ -6,6 +6,8 @@ from fusion.pruners import (
     audio_attn,  # noqa: F401
     compose,  # noqa: F401
     divprune,  # noqa: F401
+    dycoke,  # noqa: F401
+    fastv,  # noqa: F401
     keep_all,  # noqa: F401
     keyframe,  # noqa: F401
     omnizip,  # noqa: F401
