@@ -71,21 +71,3 @@ def topk_keep(row: Tensor, pool: Tensor, n: int) -> Tensor:
     keep = ~pool
     keep[scores.topk(n).indices] = True
     return keep
-
-
-def sample_alone(inputs: dict, b: int) -> dict:
-    """Sample ``b`` of a ``random_inputs`` batch, alone and unpadded."""
-    real = inputs["attention_mask"][b].bool()
-    out = {"input_ids": inputs["input_ids"][b:b + 1, real], "attention_mask": inputs["attention_mask"][b:b + 1, real],
-           "use_audio_in_video": inputs["use_audio_in_video"]}
-    if "pixel_values_videos" in inputs:
-        sizes = inputs["video_grid_thw"].prod(-1).tolist()
-        start = sum(sizes[:b])
-        out["pixel_values_videos"] = inputs["pixel_values_videos"][start:start + sizes[b]]
-        out["video_grid_thw"] = inputs["video_grid_thw"][b:b + 1]
-        out["video_second_per_grid"] = inputs["video_second_per_grid"][b:b + 1]
-    if "input_features" in inputs:
-        n = int(inputs["feature_attention_mask"][b].sum())
-        out["input_features"] = inputs["input_features"][b:b + 1, :, :n]
-        out["feature_attention_mask"] = inputs["feature_attention_mask"][b:b + 1, :n]
-    return out

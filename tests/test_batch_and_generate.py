@@ -6,25 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fusion.testing import random_inputs
-
-
-def _sample(inputs: dict, b: int) -> dict:
-    """Sample ``b`` of a random_inputs batch, alone and unpadded."""
-    real = inputs["attention_mask"][b].bool()
-    out = {"input_ids": inputs["input_ids"][b:b + 1, real], "attention_mask": inputs["attention_mask"][b:b + 1, real],
-           "use_audio_in_video": inputs["use_audio_in_video"]}
-    if "pixel_values_videos" in inputs:
-        sizes = inputs["video_grid_thw"].prod(-1).tolist()
-        start = sum(sizes[:b])
-        out["pixel_values_videos"] = inputs["pixel_values_videos"][start:start + sizes[b]]
-        out["video_grid_thw"] = inputs["video_grid_thw"][b:b + 1]
-        out["video_second_per_grid"] = inputs["video_second_per_grid"][b:b + 1]
-    if "input_features" in inputs:
-        n = int(inputs["feature_attention_mask"][b].sum())
-        out["input_features"] = inputs["input_features"][b:b + 1, :, :n]
-        out["feature_attention_mask"] = inputs["feature_attention_mask"][b:b + 1, :n]
-    return out
+from fusion.testing import random_inputs, sample_alone
 
 
 @pytest.mark.parametrize("method,params", [("uniform", {}), ("random", {"seed": 3}), ("uniform", {"budget": "joint"})])
@@ -34,7 +16,7 @@ def test_batch_equals_each_sample_alone(with_method, method, params):
     with torch.no_grad():
         batched = model(**inputs)
         for b in range(2):
-            alone_inputs = _sample(inputs, b)
+            alone_inputs = sample_alone(inputs, b)
             alone = model(**alone_inputs)
             real = batched.attention_mask[b].bool()
             pad = int((inputs["attention_mask"][b] == 0).sum())  # left padding shifts source indices

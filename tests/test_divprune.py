@@ -133,7 +133,7 @@ def _kept_sets(out) -> list[list[int]]:
 
 @pytest.mark.parametrize("budget", ["modality", "joint"])
 def test_thinker_batch_equals_each_sample_alone(with_method, budget):
-    from test_batch_and_generate import _sample
+    from fusion.testing import sample_alone
 
     model = with_method("divprune", 0.3, budget=budget)
     inputs = random_inputs(model, seconds=4, batch_size=2, seed=9, frame_size=112)
@@ -142,7 +142,7 @@ def test_thinker_batch_equals_each_sample_alone(with_method, budget):
         tokens = model.last_tokens
         for b in range(2):
             pad = int((inputs["attention_mask"][b] == 0).sum())
-            alone = _kept_sets(model(**_sample(inputs, b)))[0]
+            alone = _kept_sets(model(**sample_alone(inputs, b)))[0]
             assert [i - pad for i in batched[b]] == alone
             kept = torch.zeros_like(tokens.av_mask[b])
             kept[batched[b]] = True

@@ -7,14 +7,14 @@ import math
 
 import pytest
 import torch
-from naive_llm import causal, deep_tiny, naive_layer, sample_alone, topk_keep
+from naive_llm import causal, deep_tiny, naive_layer, topk_keep
 
 from fusion import METHODS
 from fusion.errors import MethodConfigError, MissingModalityError, RetentionError
 from fusion.model.hooked_lm import decode_step, run_prefill
 from fusion.pruners.dycoke import DyCokeDecodeHook
 from fusion.pruners.dycoke_ttm import frame_keep_count, k_for_retention, ttm_keep
-from fusion.testing import random_inputs
+from fusion.testing import random_inputs, sample_alone
 from fusion.tokens import Modality
 
 

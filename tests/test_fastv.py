@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from naive_llm import causal, deep_tiny, naive_layer, sample_alone, topk_keep
+from naive_llm import causal, deep_tiny, naive_layer, topk_keep
 from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
 from fusion import METHODS
 from fusion.errors import MethodConfigError, MissingModalityError
 from fusion.model.hooked_lm import decode_step, hooked_forward, run_prefill
 from fusion.pruners.fastv import FastVHook
-from fusion.testing import random_inputs
+from fusion.testing import random_inputs, sample_alone
 from fusion.tokens import AVTokens, Modality
 
 AV = (Modality.VIDEO, Modality.AUDIO)

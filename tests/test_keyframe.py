@@ -201,7 +201,7 @@ def test_thinker_keeps_one_whole_frame_per_block(with_method):
     """6-s and 7-s clips at 112 px (16 tokens per grid), r = 0.75: every 2-grid block keeps its keyframe whole and
     ceil(0.75 * 32) - 16 = 8 tokens of the other grid (the 7-s clip's last block has one grid: 12 tokens); audio and
     text are untouched; the batch equals each sample alone."""
-    from test_batch_and_generate import _sample
+    from fusion.testing import sample_alone
 
     model = with_method("keyframe", 0.75)
     inputs = random_inputs(model, seconds=6, batch_size=2, seed=4, frame_size=112)
@@ -218,5 +218,5 @@ def test_thinker_keeps_one_whole_frame_per_block(with_method):
             assert row["audio_after"] == row["audio_before"]
             assert bool(kept[tokens.attention_mask[b].bool() & ~tokens.av_mask[b]].all())
             pad = int((inputs["attention_mask"][b] == 0).sum())
-            alone = model(**_sample(inputs, b))
+            alone = model(**sample_alone(inputs, b))
             assert torch.equal(src - pad, alone.source_index[0])

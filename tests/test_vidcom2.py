@@ -163,7 +163,7 @@ def _kept_sets(out) -> list[list[int]]:
 
 @pytest.mark.parametrize("scoring", ["code", "paper"])
 def test_thinker_batch_equals_each_sample_alone(with_method, scoring):
-    from test_batch_and_generate import _sample
+    from fusion.testing import sample_alone
 
     model = with_method("vidcom2", 0.3, scoring=scoring)
     inputs = random_inputs(model, seconds=4, batch_size=2, seed=9, frame_size=112)  # 16 tokens per grid
@@ -172,7 +172,7 @@ def test_thinker_batch_equals_each_sample_alone(with_method, scoring):
         rows = model.last_stats.rows()
         for b in range(2):
             pad = int((inputs["attention_mask"][b] == 0).sum())
-            alone = _kept_sets(model(**_sample(inputs, b)))[0]
+            alone = _kept_sets(model(**sample_alone(inputs, b)))[0]
             assert [i - pad for i in batched[b]] == alone
     for row in rows:  # audio untouched; video keeps about 30 %, at least one token per grid
         assert row["audio_after"] == row["audio_before"]

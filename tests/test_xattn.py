@@ -174,7 +174,7 @@ def test_counts_per_group_and_parameters(config):
 @pytest.mark.parametrize("kind", [dict(), dict(audio=False), dict(video=False)], ids=["video+audio", "video only",
                                                                                        "audio only"])
 def test_thinker_counts_and_batch_equals_alone(with_method, kind):
-    from test_batch_and_generate import _sample
+    from fusion.testing import sample_alone
 
     model = with_method("xattn", 0.3)
     inputs = random_inputs(model, seconds=5, batch_size=2, seed=6, frame_size=112, **kind)
@@ -191,7 +191,7 @@ def test_thinker_counts_and_batch_equals_alone(with_method, kind):
                     n = int((pool & (tokens.time_group[b] == g)).sum())
                     assert int((kept & pool & (tokens.time_group[b] == g)).sum()) == math.ceil(0.3 * n - 1e-9)
             pad = int((inputs["attention_mask"][b] == 0).sum())
-            assert torch.equal(src - pad, model(**_sample(inputs, b)).source_index[0])
+            assert torch.equal(src - pad, model(**sample_alone(inputs, b)).source_index[0])
 
 
 def test_thinker_identity_at_full_retention(with_method, stock):

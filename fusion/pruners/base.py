@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fusion.errors import MissingModalityError
-from fusion.pruners.budget import Budget, keep_count
+from fusion.pruners.budget import Budget, budget_pools, keep_count
 from fusion.pruners.ranking import topk_mask
 from fusion.tokens import AVTokens, Selection
 
@@ -52,9 +52,6 @@ def select_by_scores(tokens: AVTokens, scores, retention: float, budget: Budget)
     if retention >= 1.0:
         return tokens.keep_all()
     keep = tokens.attention_mask.bool() & ~tokens.av_mask
-    if budget is Budget.JOINT:
-        keep |= topk_mask(scores, tokens.av_mask, keep_count(tokens.av_mask.sum(1), retention))
-    else:
-        for pool in (tokens.video_mask, tokens.audio_mask):
-            keep |= topk_mask(scores, pool, keep_count(pool.sum(1), retention))
+    for pool in budget_pools(tokens, budget):
+        keep |= topk_mask(scores, pool, keep_count(pool.sum(1), retention))
     return Selection(keep=keep)

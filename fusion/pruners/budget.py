@@ -40,6 +40,11 @@ class Budget(str, enum.Enum):
             ) from None
 
 
+def budget_pools(tokens, budget: Budget) -> list:
+    """The ``(B, L)`` candidate pools a budget is spent over: ``[av_mask]`` (joint) or ``[video_mask, audio_mask]``."""
+    return [tokens.av_mask] if budget is Budget.JOINT else [tokens.video_mask, tokens.audio_mask]
+
+
 def check_retention(value, name: str = "retention") -> float:
     """Return ``value`` as a float if it is a retention in (0, 1]; raise :class:`RetentionError` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

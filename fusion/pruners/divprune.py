@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fusion.pruners.base import Compressor
-from fusion.pruners.budget import Budget, keep_count
+from fusion.pruners.budget import Budget, budget_pools, keep_count
 from fusion.pruners.registry import METHODS
 from fusion.tokens import AVTokens, Selection
 
@@ -135,7 +135,7 @@ class DivPrune(Compressor):
         if self.retention >= 1.0:
             return tokens.keep_all()
         keep = tokens.attention_mask.bool() & ~tokens.av_mask  # (B, L) text, specials, images
-        pools = [tokens.av_mask] if self.budget is Budget.JOINT else [tokens.video_mask, tokens.audio_mask]
+        pools = budget_pools(tokens, self.budget)
         time_group = tokens.time_group  # (B, L)
         for b in range(tokens.batch_size):  # one iteration per sample: its groups are batched together
             for pool in pools:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fusion.pruners.base import Compressor
-from fusion.pruners.budget import Budget, keep_count
+from fusion.pruners.budget import Budget, budget_pools, keep_count
 from fusion.pruners.ranking import evenly_spaced_mask
 from fusion.pruners.registry import METHODS
 from fusion.tokens import AVTokens, Selection
@@ -32,7 +32,7 @@ class Uniform(Compressor):
         if self.retention >= 1.0:
             return tokens.keep_all()
         keep = tokens.attention_mask.bool() & ~tokens.av_mask
-        pools = [tokens.av_mask] if self.budget is Budget.JOINT else [tokens.video_mask, tokens.audio_mask]
+        pools = budget_pools(tokens, self.budget)
         for pool in pools:
             keep |= evenly_spaced_mask(pool, keep_count(pool.sum(1), self.retention))
         return Selection(keep=keep)
