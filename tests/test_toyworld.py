@@ -60,8 +60,11 @@ def test_answers_follow_from_the_scene(split16):
     for s in samples:
         assert s.answer_index == _expected_answer(s), s.id
         assert s.options == list(next(c.options for c in CATEGORIES if c.name == s.category))
-    colour = [s for s in samples if s.category == "colour_at_beep"]
-    assert all(all(q is not None for q in s.extra["scene"]["squares"]) for s in colour)
+        scene = s.extra["scene"]
+        if s.category == "colour_at_beep":  # every second a square, each colour once: no majority colour
+            assert sorted(q[1] for q in scene["squares"]) == [0, 1, 2, 3]
+        if s.category == "tone_at_shape":  # every second a beep, each pitch once
+            assert sorted(b[1] for b in scene["beeps"]) == [0, 1, 2, 3]
 
 
 def test_clips_show_the_scene(split16):
