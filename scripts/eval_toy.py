@@ -4,8 +4,10 @@
     PYTHONPATH=. python scripts/eval_toy.py --data runs/toyworld [--model fusion/assets/toy]
 
 Rows: uncompressed (method none), uniform / random at 25 %, uniform at 10 %, uniform 25 % applied to one
-modality only (the other kept whole), and a shuffled-media control (each question with another clip of its
-category: what the question and the answer prior give without the right media). Logits-mode scoring.
+modality only (the other kept whole), an evidence oracle at 25 % and 10 % (keeps the tokens that hold the answer
+first, then fills the budget evenly: what selection alone can reach on this frozen backbone), and a
+shuffled-media control (each question with another clip of its category: what the question and the answer prior
+give without the right media). Logits-mode scoring.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import torch
 
 from fusion import METHODS
+from fusion.data.evidence import EvidenceOracle
 from fusion.model.toy import ASSET_DIR, load_toy
 from fusion.pruners.base import Compressor
 from fusion.tokens import AVTokens, Selection
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         "uniform 0.25, video only": OneModality(METHODS.build("uniform", retention=0.25), spare="audio"),
         "uniform 0.25, audio only": OneModality(METHODS.build("uniform", retention=0.25), spare="video"),
     }
+    settings["evidence oracle 0.25"] = EvidenceOracle(0.25)
+    settings["evidence oracle 0.10"] = EvidenceOracle(0.10)
     if args.quick:
         settings = {k: v for k, v in settings.items() if k in ("none (r=1.0)", "uniform 0.25")}
     rows = {}

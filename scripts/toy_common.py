@@ -14,7 +14,8 @@ from fusion.data.toyworld import generate
 
 
 def prepare_data(data: Path, processor, n_train: int, n_test: int, seed: int, log=print) -> dict[str, CachedSplit]:
-    """Generate ToyWorld into ``data`` if it is not there, build the tensor caches once, load them."""
+    """Generate ToyWorld into ``data`` if it is not there, build the tensor caches once, load them (each split
+    also gets ``.scenes``, the generator's scene per sample, for evidence-aware compressors)."""
     if not (data / "train.jsonl").is_file() or not (data / "test.jsonl").is_file():
         start = time.perf_counter()
         log(f"generating ToyWorld ({n_train} train + {n_test} test clips, seed {seed}) into {data}")
@@ -28,6 +29,10 @@ def prepare_data(data: Path, processor, n_train: int, n_test: int, seed: int, lo
             build_cache(load_jsonl(data / f"{split}.jsonl"), processor, path, style="toy", progress=True)
             log(f"  cached {split} in {time.perf_counter() - start:.0f} s -> {path}")
         splits[split] = CachedSplit(path, processor, style="toy")
+        samples = load_jsonl(data / f"{split}.jsonl")
+        if [x.id for x in samples] != splits[split].ids:
+            raise RuntimeError(f"{path} does not match {data / split}.jsonl; delete the cache folder and rerun")
+        splits[split].scenes = [x.extra["scene"] for x in samples]
     return splits
 
 
@@ -48,6 +53,9 @@ def evaluate(model, split: CachedSplit, processor, index=None, batch_size: int =
     kept = torch.zeros(4, dtype=torch.long)  # video before/after, audio before/after
     for start in range(0, len(index), batch_size):  # one batch per iteration
         idx = index[start:start + batch_size]
+        if hasattr(model.compressor, "set_batch"):  # evidence-aware compressors read the scenes
+            model.compressor.set_batch([split.scenes[i] for i in idx.tolist()],
+                                       [split.categories[i] for i in idx.tolist()])
         batch = split.batch(idx, mode="eval")
         if shuffle_media:
             batch = _with_shuffled_media(split, idx, batch)

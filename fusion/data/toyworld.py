@@ -31,8 +31,10 @@ In the two cross-modal categories every colour (pitch) occurs equally often in t
 4 s), so the other modality alone gives no majority to guess from: with colours drawn i.i.d. instead, the most
 frequent colour was the answer about half the time (measured: a backbone deaf to audio scored 50 % on
 ``colour_at_beep``). The price is an exclusion cue (the answer is the colour absent from the other seconds),
-usable only by a model that sees every other second's square but not the key one. Each sample's ``extra`` holds its scene (per second: square
-``[cell, colour]`` or null, beep ``[onset_s, pitch]`` or null) for evidence-aware analyses.
+usable only by a model that sees every other second's square but not the key one.
+
+Each sample's ``extra`` holds its scene (per second: square ``[cell, colour]`` or null, beep ``[onset_s, pitch]``
+or null) for evidence-aware analyses.
 
 Generation is deterministic: clip ``i`` of a split draws from ``numpy.random.default_rng([seed, split, i])``.
 """
