@@ -88,8 +88,9 @@ class ToyWorldConfig:
         fps: frame rate of the written video.
         sample_rate: audio rate in Hz.
         square: square side in px (centred in its cell).
-        beep: beep length in seconds (100 ms beeps, shorter than the 160 ms between the tokens uniform 25 % audio
-            pruning keeps, were not learned by the toy backbone in 4000 steps; 250 ms are).
+        beep: beep length in seconds (100 ms pure tones, shorter than the 160 ms between the tokens uniform 25 %
+            audio pruning keeps, stayed at chance for 4000 steps of pre-training; 250 ms with harmonics reached
+            100 % beep counting by step 1000).
         ramp: beep fade in/out in seconds.
         onset: range of a beep's start within its second.
         amplitude: range of beep amplitudes.

@@ -13,7 +13,7 @@ Three choices differ from a plain shrink of the real config, each for a reason m
 * 3 decoder layers: the cross-modal questions need two hops (a beep token reads the video of its second, the
   answer reads the beep tokens) plus the question's routing.
 
-The weights (``model.safetensors``, ~3.5 MB), config and processor files live in ``fusion/assets/toy/`` and are
+The weights (``model.safetensors``, 3.4 MB), config and processor files live in ``fusion/assets/toy/`` and are
 remade by ``scripts/pretrain_toy.py`` (seeded, step-based).
 """
 
