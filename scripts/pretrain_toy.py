@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""Pre-train the ToyWorld backbone from scratch, uncompressed, all parameters; save it where `load_model("toy")`
+finds it.
+
+    PYTHONPATH=. python scripts/pretrain_toy.py --data runs/toyworld --out fusion/assets/toy --steps 6000 --seed 0
+
+Generates ToyWorld (`--n-train`/`--n-test`/`--data-seed`) into `--data` if it is not there, caches the
+processor's tensors once, then trains the thinker of `fusion.model.toy.toy_config` (audio convolutions initialised
+wider, `--audio-conv-std`) with the cross-entropy of the answer tokens (letter + end of turn): AdamW (betas
+0.9/0.98, weight decay 0.01), linear warm-up then cosine decay to 0.1 x lr over a FIXED number of steps, gradient
+clip 1.0, batches drawn with replacement by a seeded generator. Augmentation (`--augment`, default half the
+samples): `fusion.data.evidence.EvidenceDropout` drops random non-evidence audio/video tokens, so the backbone
+answers from the evidence whatever else is missing (a model trained only on whole sequences also reads the count
+of background tokens and breaks under any pruning, even one that keeps every evidence token).
+Same seed + data + thread count = the same backbone. Writes `model.safetensors`, `config.json`, the processor
+files and `pretrain_info.json` (command, seed, steps, timings, accuracies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fusion import METHODS
+from fusion.data.evidence import EvidenceDropout
+from fusion.model.loading import build_random_thinker
+from fusion.model.toy import ASSET_DIR, toy_config, toy_processor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from toy_common import evaluate, format_table, prepare_data  # noqa: E402
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    """``lr * (step + 1) / warmup`` during warm-up, then ``lr * (0.1 + 0.9 * (1 + cos(pi * p)) / 2)`` with
+    ``p = (step - warmup) / (steps - warmup)``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    p = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * p)))
+
+
+def widen_audio_convs(model, std: float, seed: int) -> None:
+    """Re-draw the audio tower's two convolutions from ``N(0, std^2)`` (biases 0).
+
+    With transformers' ``initializer_range`` 0.02 the convolution output is ~35x smaller than the sinusoidal
+    positions Whisper adds right after it, so at init a beep changes the audio tokens by < 1 % and the audio path
+    learns very slowly (measured: beep counting at chance after 4000 steps). At ``std`` 0.1 a beep moves its
+    tokens by ~20 % at init.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    tower = model.model.audio_tower
+    with torch.no_grad():
+        for conv in (tower.conv1, tower.conv2):
+            conv.weight.normal_(0.0, std, generator=generator)
+            conv.bias.zero_()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("runs/toyworld"))
+    parser.add_argument("--out", type=Path, default=ASSET_DIR)
+    parser.add_argument("--n-train", type=int, default=8000)
+    parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--eval-n", type=int, default=200, help="test clips scored at each intermediate eval")
+    parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--audio-conv-std", type=float, default=0.1, help="init std of the audio convolutions")
+    parser.add_argument("--augment", type=float, default=0.5,
+                        help="fraction of samples whose non-evidence AV tokens are randomly dropped (0: none)")
+    parser.add_argument("--augment-min-keep", type=float, default=0.1,
+                        help="lowest keep probability of a non-evidence token in an augmented sample")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    processor = toy_processor()
+    splits = prepare_data(args.data, processor, args.n_train, args.n_test, args.data_seed, log)
+    train, test = splits["train"], splits["test"]
+    config = toy_config(processor.tokenizer)
+    model = build_random_thinker(config, seed=args.seed).train()
+    widen_audio_convs(model, args.audio_conv_std, seed=args.seed + 1)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"toy thinker: {n_params:,} parameters; {len(train)} train / {len(test)} test clips")
+    dropout = None
+    if args.augment > 0:
+        dropout = EvidenceDropout(args.augment, args.augment_min_keep, torch.Generator().manual_seed(args.seed + 2))
+        model.set_compressor(dropout)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    generator = torch.Generator().manual_seed(args.seed)
+    eval_index = torch.randperm(len(test), generator=torch.Generator().manual_seed(1))[: args.eval_n]
+    categories = sorted(set(test.categories))
+
+    history, running, step_times = [], None, []
+    start = time.perf_counter()
+    for step in range(args.steps):  # one optimiser step per iteration
+        tick = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        index = torch.randint(len(train), (args.batch_size,), generator=generator)
+        batch = train.batch(index, mode="train")
+        batch.pop("answer"), batch.pop("n_options")
+        if dropout is not None:
+            dropout.set_batch([train.scenes[i] for i in index.tolist()], [train.categories[i] for i in index.tolist()])
+        loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step_times.append(time.perf_counter() - tick)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if (step + 1) % args.log_every == 0:
+            ms = 1000 * sorted(step_times[-args.log_every:])[args.log_every // 2]
+            log(f"step {step + 1:5d}  loss {running:.4f}  lr {optimizer.param_groups[0]['lr']:.2e}  "
+                f"median step {ms:.0f} ms  elapsed {time.perf_counter() - start:.0f} s")
+        if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
+            model.set_compressor(METHODS.build("none"))
+            table = evaluate(model, test, processor, eval_index)
+            model.set_compressor(dropout or METHODS.build("none"))
+            history.append({"step": step + 1, "elapsed_s": round(time.perf_counter() - start, 1), "loss": running,
+                            **{k: round(v, 1) for k, v in table.items() if k != "kept"}})
+            log("  eval " + " ".join(f"{c} {table[c]:.1f}" for c in categories) + f"  mean {table['mean']:.1f}")
+    train_seconds = time.perf_counter() - start
+
+    model.set_compressor(METHODS.build("none"))
+    final = evaluate(model, test, processor)
+    log(format_table({"uncompressed (full test)": final}, categories))
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out)
+    processor.save_pretrained(args.out)
+    info = {
+        "command": " ".join(["python scripts/pretrain_toy.py", *(argv if argv is not None else sys.argv[1:])]),
+        "seed": args.seed, "data_seed": args.data_seed, "n_train": len(train), "n_test": len(test),
+        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
+        "threads": args.threads, "audio_conv_std": args.audio_conv_std, "augment": args.augment,
+        "augment_min_keep": args.augment_min_keep, "parameters": n_params,
+        "train_seconds": round(train_seconds, 1),
+        "median_step_ms": round(1000 * sorted(step_times)[len(step_times) // 2], 1),
+        "torch": torch.__version__, "test_accuracy": {k: round(v, 2) for k, v in final.items() if k != "kept"},
+        "history": history,
+    }
+    (args.out / "pretrain_info.json").write_text(json.dumps(info, indent=2))
+    log(f"saved the toy backbone to {args.out} ({train_seconds / 60:.1f} min of training)")
+
+
+if __name__ == "__main__":
+    main()
