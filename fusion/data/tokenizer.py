@@ -40,14 +40,15 @@ WORDS = (
     "four", "five", "six", "zero", "count", "number", "video", "audio", "clip", "watch", "listen", "carefully",
     "select", "respond", "same", "different", "before", "after", "during", "moves", "move", "where", "play",
     "plays", "played", "starts", "start", "ends", "end", "loudest", "longest", "silent", "silence",
+    "lowest", "highest",
 )
 
-CHAT_TEMPLATE = (
+CHAT_TEMPLATE = (  # Qwen2.5-Omni's text layout: "<|im_start|>role\n...<|im_end|>\n" (newlines vanish in word tokens)
     "{%- for message in messages -%}"
     "{%- if loop.first and message['role'] != 'system' -%}"
-    "<|im_start|>system\n{{ default_system }}<|im_end|>\n"
+    "{{- '<|im_start|>system\\n' + default_system + '<|im_end|>\\n' -}}"
     "{%- endif -%}"
-    "<|im_start|>{{ message['role'] }}\n"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
     "{%- if message['content'] is string -%}{{ message['content'] }}"
     "{%- else -%}{%- for part in message['content'] -%}"
     "{%- if part['type'] == 'video' -%}<|vision_bos|><|VIDEO|><|vision_eos|>"
@@ -55,9 +56,9 @@ CHAT_TEMPLATE = (
     "{%- elif part['type'] == 'image' -%}<|vision_bos|><|IMAGE|><|vision_eos|>"
     "{%- elif part['type'] == 'text' -%}{{ part['text'] }}"
     "{%- endif -%}{%- endfor -%}{%- endif -%}"
-    "<|im_end|>\n"
+    "{{- '<|im_end|>\\n' -}}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 DEFAULT_SYSTEM = "you are a helpful assistant ."
 

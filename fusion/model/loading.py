@@ -10,6 +10,7 @@ from transformers import AutoConfig, WhisperFeatureExtractor
 from fusion.errors import MethodConfigError, ModelLoadError
 from fusion.model.configs import REAL_CONFIGS, real_config, tiny_config
 from fusion.model.thinker import CompressedThinker
+from fusion.model.toy import TOY_NAME
 from fusion.pruners import METHODS
 
 TINY = "tiny-random"
@@ -77,7 +78,8 @@ def load_model(
     """Load a compressed thinker and its processor.
 
     Args:
-        name_or_path: ``"tiny-random"`` (tests), ``"qwen2_5_omni_3b"``/``"qwen2_5_omni_7b"`` or a thinker
+        name_or_path: ``"toy"`` (the pre-trained ToyWorld backbone shipped in the package), ``"tiny-random"``
+            (tests), ``"qwen2_5_omni_3b"``/``"qwen2_5_omni_7b"`` or a thinker
             config JSON (random weights at that size, for benchmarks; processor is None), or a hub id /
             local directory of a Qwen2.5-Omni checkpoint (e.g. ``Qwen/Qwen2.5-Omni-7B``).
         method: registry name of the compressor (``fusion.METHODS``); ``"none"`` keeps everything; ``"fusion"``
@@ -107,7 +109,11 @@ def load_model(
     if adapter is None:  # validate before loading weights
         compressor = METHODS.build(method, retention=1.0 if retention is None else retention, **method_kwargs)
     name = str(name_or_path)
-    if name == TINY:
+    if name == TOY_NAME:
+        from fusion.model.toy import load_toy
+
+        model, processor = load_toy(dtype=dtype, attn_implementation=attn_implementation)
+    elif name == TINY:
         processor = tiny_processor()
         model = build_random_thinker(tiny_config(processor.tokenizer), seed, dtype, attn_implementation)
     elif name in REAL_CONFIGS or name.endswith(".json"):

@@ -1,0 +1,181 @@
+"""A cache of model-ready tensors for an MCQ split: decode and process every clip once, batch from memory.
+
+:func:`build_cache` runs each sample through :func:`fusion.data.batching.collate` in train mode (prompt +
+answer) and stores the processor's per-sample outputs in one safetensors file:
+
+====================  ========================  ===============================================
+key                   shape / dtype             meaning
+====================  ========================  ===============================================
+input_ids             (N, L_max) int32          prompt + answer ids, right-padded with the pad id
+length                (N,) int64                real tokens per row
+answer_tokens         (N,) int64                trailing answer tokens (letter + end of turn)
+pixel_values_videos   (R, 1176) float16         every sample's patches, concatenated
+video_rows            (N + 1,) int64            row offsets of each sample's patches
+video_grid_thw        (N, 3) int64              grids
+video_second_per_grid (N,) float32              seconds per temporal grid
+input_features        (N, mels, F_max) float16  log-mel features, right-padded
+feature_length        (N,) int64                mel frames per sample (0: no audio track)
+answer, n_options     (N,) int64                correct option index, options per sample
+====================  ========================  ===============================================
+
+plus metadata (sample ids and categories as JSON, the prompt style, and a fingerprint of the processor
+settings so a cache built for another processor is refused). :class:`CachedSplit` rebuilds training batches
+(prompt + answer, labels) or evaluation batches (the prompt only: the answer tokens are cut off the end).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from fusion.data.batching import labels_for
+from fusion.data.mcq import MCQSample
+from fusion.errors import DatasetError, InputMismatchError
+
+FORMAT_VERSION = "1"
+
+
+def processor_fingerprint(processor, style: str) -> str:
+    """A short hash of everything that changes the cached tensors (tokenizer vocabulary, video/audio settings,
+    layout constants, prompt style)."""
+    payload = json.dumps({"vocab": sorted(processor.tokenizer.get_vocab().items()), "video": asdict(processor.video),
+                          "audio": asdict(processor.audio), "system": processor.default_system, "style": style,
+                          "pps": processor.position_id_per_seconds, "spc": processor.seconds_per_chunk,
+                          "format": FORMAT_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def build_cache(samples: list[MCQSample], processor, path: str | Path, style: str = "toy",
+                progress: bool = False) -> Path:
+    """Decode + process every sample once (train-mode sequences) and save the tensors to ``path``."""
+    from fusion.data.batching import collate
+
+    rows: list[dict] = []
+    iterator = samples
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(samples, desc=f"caching {Path(path).name}", unit="clip")
+    for sample in iterator:  # one clip per iteration
+        batch = collate([sample], processor, mode="train", style=style)
+        x = batch.inputs
+        n_answer = int((batch.labels[0] != -100).sum())
+        rows.append({
+            "ids": x["input_ids"][0], "answer_tokens": n_answer, "pixels": x["pixel_values_videos"].half(),
+            "grid": x["video_grid_thw"][0], "spg": float(x["video_second_per_grid"][0]),
+            "features": x["input_features"][0].half() if "input_features" in x else None,
+            "answer": sample.answer_index, "n_options": len(sample.options),
+        })
+    pad = processor.tokenizer.pad_token_id
+    n, width = len(rows), max(len(r["ids"]) for r in rows)
+    input_ids = torch.full((n, width), pad, dtype=torch.int32)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r["ids"])] = r["ids"]
+    mels = next((r["features"].shape[0] for r in rows if r["features"] is not None), processor.audio.num_mel_bins)
+    frames = max((r["features"].shape[1] for r in rows if r["features"] is not None), default=0)
+    features = torch.zeros((n, mels, frames), dtype=torch.float16)
+    for i, r in enumerate(rows):
+        if r["features"] is not None:
+            features[i, :, : r["features"].shape[1]] = r["features"]
+    counts = torch.tensor([r["pixels"].shape[0] for r in rows])
+    tensors = {
+        "input_ids": input_ids,
+        "length": torch.tensor([len(r["ids"]) for r in rows]),
+        "answer_tokens": torch.tensor([r["answer_tokens"] for r in rows]),
+        "pixel_values_videos": torch.cat([r["pixels"] for r in rows]),
+        "video_rows": torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
+        "video_grid_thw": torch.stack([r["grid"] for r in rows]).long(),
+        "video_second_per_grid": torch.tensor([r["spg"] for r in rows], dtype=torch.float32),
+        "input_features": features,
+        "feature_length": torch.tensor([0 if r["features"] is None else r["features"].shape[1] for r in rows]),
+        "answer": torch.tensor([r["answer"] for r in rows]),
+        "n_options": torch.tensor([r["n_options"] for r in rows]),
+    }
+    metadata = {"ids": json.dumps([s.id for s in samples]), "categories": json.dumps([s.category for s in samples]),
+                "style": style, "pad_token_id": str(pad), "fingerprint": processor_fingerprint(processor, style),
+                "format": FORMAT_VERSION}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+class CachedSplit:
+    """A split's cached tensors (see module doc), batched on demand.
+
+    Args:
+        path: the cache file written by :func:`build_cache`.
+        processor: if given, the cache must have been built with the same settings (else
+            :class:`~fusion.errors.DatasetError`).
+        style: the prompt style the cache must have.
+    """
+
+    def __init__(self, path: str | Path, processor=None, style: str = "toy") -> None:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise DatasetError(f"no tensor cache at {path}; build it with fusion.data.cache.build_cache")
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT_VERSION:
+            raise DatasetError(f"{path} is not a tensor cache of format {FORMAT_VERSION}; rebuild it")
+        if processor is not None and meta.get("fingerprint") != processor_fingerprint(processor, style):
+            raise DatasetError(f"{path} was built with another processor or prompt style; delete it and rebuild")
+        self.path = path
+        self.t = load_file(str(path))
+        self.ids: list[str] = json.loads(meta["ids"])
+        self.categories: list[str] = json.loads(meta["categories"])
+        self.pad_token_id = int(meta["pad_token_id"])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def answers(self) -> Tensor:
+        return self.t["answer"]
+
+    def batch(self, index: list[int] | Tensor, mode: str = "train", padding_side: str | None = None,
+              dtype: torch.dtype = torch.float32) -> dict:
+        """Model inputs for the samples at ``index``.
+
+        ``mode="train"``: prompt + answer, right padding by default, with ``labels``.
+        ``mode="eval"``: the prompt only (last ``answer_tokens`` ids removed), left padding by default.
+        Returns a dict for ``model(**batch)`` plus ``"answer"`` and ``"n_options"`` (pop them before the call).
+        """
+        if mode not in ("train", "eval"):
+            raise InputMismatchError(f"mode must be 'train' or 'eval', got {mode!r}")
+        index = torch.as_tensor(index, dtype=torch.long).view(-1)
+        t = self.t
+        padding_side = padding_side or ("right" if mode == "train" else "left")
+        lengths = t["length"][index] - (0 if mode == "train" else t["answer_tokens"][index])
+        width = int(lengths.max())
+        ids = torch.full((len(index), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(index), width), dtype=torch.long)
+        pixels = []
+        for row, (i, n) in enumerate(zip(index.tolist(), lengths.tolist())):  # one sample per iteration
+            sl = slice(0, n) if padding_side == "right" else slice(width - n, width)
+            ids[row, sl] = t["input_ids"][i, :n].long()
+            mask[row, sl] = 1
+            pixels.append(t["pixel_values_videos"][t["video_rows"][i]: t["video_rows"][i + 1]])
+        out = {
+            "input_ids": ids, "attention_mask": mask, "pixel_values_videos": torch.cat(pixels).to(dtype),
+            "video_grid_thw": t["video_grid_thw"][index], "video_second_per_grid": t["video_second_per_grid"][index],
+            "answer": t["answer"][index], "n_options": t["n_options"][index],
+        }
+        feature_length = t["feature_length"][index]
+        with_audio = feature_length > 0
+        if bool(with_audio.any()):
+            frames = int(feature_length.max())
+            out["input_features"] = t["input_features"][index[with_audio], :, :frames].to(dtype)
+            out["feature_attention_mask"] = (torch.arange(frames)[None, :] < feature_length[with_audio, None]).long()
+        out["use_audio_in_video"] = bool(with_audio.any())
+        if mode == "train":
+            out["labels"] = labels_for(ids, mask, t["answer_tokens"][index])
+        return out
