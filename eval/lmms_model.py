@@ -58,10 +58,9 @@ class AVFusionOmni(lmms):
                  system_prompt: str = QWEN_SYSTEM_PROMPT, max_new_tokens: int = 128, on_error: str = "record",
                  failures_path: str | None = None, seed: int = 0, **method_params) -> None:
         super().__init__()
+        from eval.models import resolve_device, resolve_dtype
         from fusion import load_model
         from fusion.data.media import MediaSettings
-
-        from eval.models import resolve_device, resolve_dtype
 
         if on_error not in ("record", "raise"):
             raise ConfigError(f"on_error={on_error!r}: use 'record' or 'raise'")
@@ -98,9 +97,8 @@ class AVFusionOmni(lmms):
     # ------------------------------------------------------------------ inputs
     def _inputs(self, context: str, visuals: list, continuation: str = "") -> dict:
         """Processor batch for one request: system prompt, the video(s) (audio track interleaved), the task's text."""
-        from fusion.data.media import load_media
-
         from eval.data import to_device
+        from fusion.data.media import load_media
 
         videos = [v for v in visuals if isinstance(v, (str, Path))]
         if len(videos) != len(visuals) or len(videos) > 1:

@@ -4,7 +4,8 @@ This module does not import lmms-eval until :func:`manifests` is called, and ``i
 The model class itself lives in :mod:`eval.lmms_model`, which lmms-eval imports lazily by its class path::
 
     pip install --no-deps "lmms-eval>=0.6,<0.8"          # its own pins conflict with ours (av, wandb, torch)
-    lmms-eval --model av_fusion --model_args pretrained=Qwen/Qwen2.5-Omni-3B,method=omnizip,rho_audio=0.3,rho_video=0.6 \\
+    lmms-eval --model av_fusion \\
+        --model_args pretrained=Qwen/Qwen2.5-Omni-3B,method=omnizip,rho_audio=0.3,rho_video=0.6 \\
         --tasks worldsense --batch_size 1 --log_samples --output_path logs/
 
     from lmms_eval.evaluator import simple_evaluate

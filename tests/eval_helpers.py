@@ -7,10 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
+from eval.config import EvalConfig
 from fusion.config import load_config
 from fusion.data.mcq import load_jsonl, save_jsonl
-
-from eval.config import EvalConfig
 
 DOMAINS = ["Tech & Science", "Culture & Politics"]
 
