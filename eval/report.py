@@ -90,9 +90,11 @@ def plot(results: dict, path: str | Path) -> Path:
             continue
         (references if r["method"] == "none" else lines[r["name"]]).append((x, y))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, points in lines.items():  # one method per iteration
+    colours, markers = plt.get_cmap("tab20").colors, "osD^v<>ph*X"
+    for i, (name, points) in enumerate(lines.items()):  # one method per iteration
         points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=markers[i % len(markers)],
+                color=colours[i % len(colours)], label=name)
     for x, y in references:
         ax.axhline(y, color="grey", linestyle="--", linewidth=1)
         ax.plot([x], [y], marker="*", color="black", markersize=10, label="uncompressed")
