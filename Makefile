@@ -20,7 +20,9 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,lmms]"
+	# lmms-eval's own pins (av<16, wandb==0.25.0, torchvision + CUDA torch) conflict with ours: no dependencies
+	$(PY) -m pip install --quiet --no-deps "lmms-eval>=0.6,<0.8"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

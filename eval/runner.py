@@ -1,0 +1,133 @@
+"""The evaluation loop: every method setting on every question, sample-major, resumable.
+
+For each batch of questions (fixed order and size): decode the media once (:func:`eval.data.prepare`), then run
+every setting that still has work on this batch; each result row is appended to ``samples.jsonl`` at once. A batch
+that raises is retried sample by sample; a sample that still raises is recorded with its error (counted as FAILED,
+never scored). Each setting gets ``scoring.warmup`` untimed calls before its first timed one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from eval.config import EvalConfig
+from eval.data import Prepared, error_text, group_value, load_benchmark, prepare
+from eval.matrix import Setting, expand
+from eval.models import ModelPool
+from eval.predict import run_batch, warm_up
+from eval.samples import SampleLog
+from fusion.config import dump_yaml
+
+HEADER = "Resolved config of this run; rerun (resumes) with: python eval/run.py --config {path} [key=value ...]"
+
+
+class Runner:
+    """Holds a run's settings, models and sample log (``run()`` does the work, ``results()`` aggregates)."""
+
+    def __init__(self, cfg: EvalConfig, log: Callable[[str], None] = print) -> None:
+        self.cfg, self.log = cfg, log
+        self.run_dir = Path(cfg.run.output_dir)
+        self.settings = expand(cfg)
+        self.pool = ModelPool(cfg.model)
+        self.store = SampleLog(self.run_dir / "samples.jsonl")
+        self.samples = []
+        self.calls = 0  # model calls made by run_batch (tests count them)
+        self.warm: set[str] = set()
+
+    def _row(self, setting: Setting, sample, result: dict) -> dict:
+        groups = {g.name: group_value(sample, g.key) for g in self.cfg.groups}
+        return {"key": setting.key, "hash": setting.hash, "name": setting.name, "id": sample.id,
+                "category": sample.category, "groups": groups, **result}
+
+    def _failure(self, setting: Setting, sample, error: str) -> None:
+        self.store.append(self._row(setting, sample, {
+            "id": sample.id, "answer": sample.answer, "prediction": None, "correct": None, "response": None,
+            "kept": None, "flops": None, "prefill_ms": None, "generate_ms": None, "peak_memory_mb": None,
+            "batch_size": None, "error": error}))
+        self.log(f"FAILED {setting.key} {sample.id}: {error}")
+
+    def _score(self, setting: Setting, prepared: Prepared, todo: set[str]) -> None:
+        """Run ``setting`` on ``prepared``; store the rows of the samples in ``todo``; isolate failures."""
+        processor, device = self.pool.processor, self.pool.runtime.device
+        try:
+            model = self.pool.get(setting)
+            if setting.key not in self.warm:
+                warm_up(model, prepared, self.cfg, processor)
+                self.warm.add(setting.key)
+            self.calls += 1
+            rows = run_batch(model, prepared, setting, self.cfg, processor, device)
+        except Exception as e:  # noqa: BLE001 - a failure is counted and reported, never scored
+            if len(prepared.samples) == 1:
+                self._failure(setting, prepared.samples[0], error_text(e))
+                return
+            for sample in prepared.samples:  # one sample per iteration: find the one(s) that fail
+                if sample.id in todo:
+                    part = self._prepare([sample])
+                    for failed, error in part.failed:
+                        self._failure(setting, failed, error)
+                    if part.samples:
+                        self._score(setting, part, {sample.id})
+            return
+        for sample, result in zip(prepared.samples, rows):
+            if sample.id in todo:
+                self.store.append(self._row(setting, sample, result))
+
+    def _prepare(self, batch) -> Prepared:
+        rt = self.pool.runtime
+        try:
+            return prepare(batch, self.pool.processor, self.cfg.data, rt.device, rt.dtype)
+        except Exception as e:  # noqa: BLE001
+            return Prepared([], None, None, [(s, error_text(e)) for s in batch])
+
+    def run(self) -> None:
+        """Evaluate everything not yet in ``samples.jsonl``."""
+        cfg = self.cfg
+        if cfg.model.threads:
+            torch.set_num_threads(cfg.model.threads)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, self.run_dir / "config.yaml", header=HEADER.format(path=self.run_dir / "config.yaml"))
+        self.samples = load_benchmark(cfg.data, self.log)
+        hashes = {s.hash for s in self.settings}
+        stale = self.store.stale(hashes)
+        if stale:
+            self.log(f"{stale} row(s) of {self.store.path} belong to settings that are no longer in the config or "
+                     "whose settings changed (hash differs): ignored")
+        done = self.store.done(cfg.run.retry_failed)
+        size = cfg.scoring.batch_size
+        batches = [self.samples[i:i + size] for i in range(0, len(self.samples), size)]
+        work = [(b, [s for s in self.settings if any((s.hash, x.id) not in done for x in b)]) for b in batches]
+        total = sum(len(b) * len(todo) for b, todo in work)
+        if total == 0:
+            self.log(f"nothing to do: every setting x question is in {self.store.path}")
+            return
+        self.pool.base()
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="eval", unit="row", disable=not cfg.run.progress, dynamic_ncols=True)
+        try:
+            for batch, settings in work:  # one batch of questions per iteration
+                if not settings:
+                    continue
+                prepared = self._prepare(batch)
+                for setting in settings:  # every setting on the same decoded media
+                    todo = {x.id for x in batch if (setting.hash, x.id) not in done}
+                    for sample, error in prepared.failed:
+                        if sample.id in todo:
+                            self._failure(setting, sample, error)
+                    if prepared.samples:
+                        self._score(setting, prepared, todo)
+                    bar.update(len(todo))
+                    bar.set_postfix_str(setting.key)
+        finally:
+            bar.close()
+            self.store.close()
+
+    def results(self) -> dict:
+        """Aggregate ``samples.jsonl`` (current settings only) into the results document."""
+        from eval.aggregate import aggregate
+
+        return aggregate(self.cfg, self.settings, self.store.current({s.hash for s in self.settings}),
+                         self.pool.runtime, self.samples)

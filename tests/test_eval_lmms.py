@@ -1,0 +1,138 @@
+"""The lmms-eval plugin: a tiny LOCAL task (YAML + JSONL of MCQs with small mp4s) through lmms-eval's evaluator with
+the tiny random model: the metric comes back, token counts after compression are logged, failures are counted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lmms_eval", reason="lmms-eval is installed with `pip install --no-deps lmms-eval` (make test)")
+
+from eval_helpers import toy_split  # noqa: E402
+
+from fusion.data.mcq import load_jsonl  # noqa: E402
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lmms_task"
+TASK_YAML = """task: avf_toy_mcq
+dataset_path: json
+dataset_kwargs:
+  data_files: {{test: {data}}}
+  cache_dir: {cache}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: !function utils.doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 3
+  do_sample: false
+process_results: !function utils.process_results
+metric_list:
+  - metric: avf_score
+    aggregation: !function utils.aggregate
+    higher_is_better: true
+"""
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    """A local task: 3 ToyWorld questions + one whose video is missing (id ``missing``)."""
+    tmp = tmp_path_factory.mktemp("lmms")
+    toy = toy_split(tmp / "toy", n=3)
+    rows = [{"id": s.id, "video": s.video, "question": s.question, "options": s.options, "answer": s.answer}
+            for s in load_jsonl(toy / "test.jsonl")]
+    rows.append({**rows[0], "id": "missing", "video": str(tmp / "nowhere.mp4")})
+    data = tmp / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = tmp / "task"
+    task.mkdir()
+    shutil.copy(FIXTURE / "utils.py", task / "utils.py")
+    (task / "avf_toy_mcq.yaml").write_text(TASK_YAML.format(data=data, cache=tmp / "hf_cache"))
+    return task
+
+
+@pytest.fixture(scope="module")
+def evaluated(task_dir):
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from eval.lmms_model import AVFusionOmni
+
+    model = AVFusionOmni(pretrained="tiny-random", method="pair", retention=0.25, device="cpu",
+                         video="keyframe", audio='{"method": "audio_attn", "retention": 0.5}')
+    results = simple_evaluate(model=model, tasks=["avf_toy_mcq"], task_manager=TaskManager(include_path=str(task_dir)),
+                              log_samples=True, verbosity="WARNING")
+    return model, results
+
+
+def test_simple_evaluate_returns_the_metric_and_token_counts(evaluated):
+    from eval.lmms_model import FAILED_PREFIX, rescore
+
+    model, results = evaluated
+    metric = results["results"]["avf_toy_mcq"]["avf_score,none"]
+    samples = results["samples"]["avf_toy_mcq"]
+    assert len(samples) == 4 and 0.0 <= metric <= 100.0
+    good = [s for s in samples if s["doc"]["id"] != "missing"]
+    stats = {(s["doc_id"]): s for s in model.stats}
+    for sample in good:
+        counts = sample["token_counts"][0]
+        kept = stats[sample["doc_id"]]
+        assert counts["input_tokens"] == kept["sequence_after"] < kept["sequence_before"]
+        assert 1 <= counts["output_tokens"] <= 3
+        # the pair's sides: keyframe at 25 % of the video, audio_attn at 50 % of the audio
+        assert kept["audio_after"] == -(-kept["audio_before"] // 2)
+    missing = next(s for s in samples if s["doc"]["id"] == "missing")
+    assert missing["token_counts"] == [None] and missing["resps"][0][0].startswith(FAILED_PREFIX)
+    assert len(model.failures) == 1 and "MediaNotFoundError" in model.failures[0]["error"]
+    scored = rescore(samples, "avf_score")
+    assert (scored["n"], scored["failed"], scored["scored"]) == (4, 1, 3)
+    assert scored["accuracy"] == pytest.approx(100 * sum(s["avf_score"]["score"] for s in good) / 3)
+
+
+def test_manifest_registers_the_model_class():
+    from lmms_eval.models.registry_v2 import ModelRegistryV2
+
+    from eval.lmms_model import AVFusionOmni
+    from eval.lmms_plugin import MODEL_ID, manifests
+
+    registry = ModelRegistryV2()
+    for manifest in manifests():
+        registry.register_manifest(manifest)
+    assert registry.get_model_class(MODEL_ID) is AVFusionOmni
+    assert registry.get_model_class("qwen2_5_omni_avc") is AVFusionOmni
+
+
+def test_model_args_string_builds_the_method_and_on_error_raise(task_dir):
+    from eval.lmms_model import AVFusionOmni
+
+    model = AVFusionOmni.create_from_arg_string(
+        "pretrained=tiny-random,method=omnizip,rho_audio=0.3,rho_video=0.6,device=cpu,on_error=raise",
+        {"batch_size": 1, "device": None})
+    compressor = model.model.compressor
+    assert (compressor.name, compressor.rho_audio, compressor.rho_video) == ("omnizip", 0.3, 0.6)
+    with pytest.raises(Exception, match="MediaNotFound|does not exist"):
+        model._inputs("q", [str(task_dir / "nowhere.mp4")])
+
+
+def test_import_eval_does_not_import_lmms_eval():
+    code = "import sys, eval, eval.run, eval.runner, eval.lmms_plugin; print('lmms_eval' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False"
+
+
+def test_pyproject_declares_the_entry_point():
+    import importlib
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    target = project["entry-points"]["lmms_eval.models"]["av_fusion"]
+    module, attr = target.split(":")
+    (manifest,) = getattr(importlib.import_module(module), attr)()
+    assert manifest.model_id == "av_fusion" and manifest.simple_class_path == "eval.lmms_model.AVFusionOmni"
+    assert "lmms" in project["optional-dependencies"]
