@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from fusion.data.cache import CachedSplit, build_cache, processor_fingerprint
-from fusion.data.mcq import load_jsonl
+from fusion.data.cache import CachedSplit, cached_split
 from fusion.data.scoring import accuracy, letter_token_ids, predict_from_output
 from fusion.data.toyworld import generate
 
@@ -23,16 +22,10 @@ def prepare_data(data: Path, processor, n_train: int, n_test: int, seed: int, lo
         log(f"  generated in {time.perf_counter() - start:.0f} s")
     splits = {}
     for split in ("train", "test"):
-        path = data / "cache" / f"{split}-{processor_fingerprint(processor, 'toy')}.safetensors"
-        if not path.is_file():
-            start = time.perf_counter()
-            build_cache(load_jsonl(data / f"{split}.jsonl"), processor, path, style="toy", progress=True)
-            log(f"  cached {split} in {time.perf_counter() - start:.0f} s -> {path}")
-        splits[split] = CachedSplit(path, processor, style="toy")
-        samples = load_jsonl(data / f"{split}.jsonl")
-        if [x.id for x in samples] != splits[split].ids:
-            raise RuntimeError(f"{path} does not match {data / split}.jsonl; delete the cache folder and rerun")
-        splits[split].scenes = [x.extra["scene"] for x in samples]
+        start = time.perf_counter()
+        splits[split] = cached_split(data / f"{split}.jsonl", processor, style="toy", progress=True)
+        log(f"  {split}: {len(splits[split])} cached clips ({time.perf_counter() - start:.0f} s)")
+        splits[split].scenes = [x.extra["scene"] for x in splits[split].samples]
     return splits
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fusion.errors import ConfigError
-from train.config import DataConfig, SyntheticConfig
+from train.config import DataConfig, McqJsonlConfig, SyntheticConfig
 from train.order import SampleOrder
 from train.sources import IGNORE_INDEX, build_source
 from train.synthetic import CUE_WORDS, LETTERS
@@ -91,9 +91,34 @@ def test_collated_batch_is_right_padded_and_accepted_by_the_thinker(source, tiny
     assert torch.isfinite(out.loss)
 
 
-def test_unknown_and_unwired_sources_are_config_errors(tiny):
+def test_unknown_sources_and_missing_paths_are_config_errors(tiny, tmp_path):
     model, processor = tiny
     with pytest.raises(ConfigError, match="known sources: mcq_jsonl, synthetic"):
         build_source(DataConfig(source="webdataset"), processor, model.config)
-    with pytest.raises(ConfigError, match="not wired yet"):
+    with pytest.raises(ConfigError, match="set it"):
         build_source(DataConfig(source="mcq_jsonl"), processor, model.config)
+    config = DataConfig(source="mcq_jsonl", mcq_jsonl=McqJsonlConfig(path=str(tmp_path / "none.jsonl")))
+    with pytest.raises(ConfigError, match="no file"):
+        build_source(config, processor, model.config)
+
+
+def test_mcq_jsonl_source_trains_on_the_answer_letter(tiny, tmp_path):
+    """A small ToyWorld split: labels are exactly the answer letter + end of turn; the cache is built once."""
+    from fusion.data.cache import cache_path
+    from fusion.data.mcq import load_jsonl
+    from fusion.data.toyworld import generate
+
+    model, processor = tiny
+    generate(tmp_path, n_train=6, n_test=1, seed=3)
+    config = DataConfig(source="mcq_jsonl", mcq_jsonl=McqJsonlConfig(path=str(tmp_path / "train.jsonl"), limit=5))
+    source = build_source(config, processor, model.config)
+    assert len(source) == 5 and cache_path(tmp_path / "train.jsonl", processor).is_file()
+    samples = load_jsonl(tmp_path / "train.jsonl")
+    batch = source.collate([source.example(i) for i in (4, 0, 2)])
+    for row, i in enumerate((4, 0, 2)):
+        answer = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX].tolist()
+        assert processor.tokenizer.decode(answer) == f"{samples[i].answer} <|im_end|>"
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        out = model(**batch, labels=labels)
+    assert torch.isfinite(out.loss)

@@ -86,7 +86,19 @@ class McqJsonlConfig:
     """The ``mcq_jsonl`` source (MCQ schema {id, video, question, options, answer, category})."""
 
     path: str | None = None
-    """The JSONL file; relative video paths are resolved against its folder (source not wired yet)."""
+    """The JSONL file; relative video paths are resolved against its folder."""
+    style: str = "toy"
+    """Prompt style of the rendered chats: 'toy' or 'worldsense' (fusion.data.prompts)."""
+    limit: int | None = None
+    """Use only the first `limit` rows (None: all)."""
+
+    def __post_init__(self) -> None:
+        from fusion.data.prompts import STYLES
+
+        if self.style not in STYLES:
+            raise invalid("style", f"must be one of {list(STYLES)}, got {self.style!r}")
+        if self.limit is not None and self.limit < 1:
+            raise invalid("limit", f"must be >= 1 or null, got {self.limit}")
 
 
 @dataclass

@@ -1,28 +1,56 @@
-"""The ``mcq_jsonl`` source: the interface it implements once the ToyWorld media path lands (not wired yet).
+"""The ``mcq_jsonl`` source: an MCQ JSONL split (ToyWorld, WorldSense or any user set) as training batches.
 
-Contract (the same :class:`train.sources.DataSource` as ``synthetic``):
+Rows follow the one MCQ schema ``{id, video, question, options, answer, category}`` (``fusion.data.mcq``;
+relative video paths resolve against the JSONL's folder). Every clip is decoded and processed once into a tensor
+cache beside the JSONL (``fusion.data.cache.cached_split``: ``<folder>/cache/<stem>-<fingerprint>.safetensors``,
+written atomically, refused if built with another processor or prompt style), so training never decodes media.
 
-* rows follow the MCQ schema ``{id, video, question, options, answer, category}`` read by
-  ``fusion.data.mcq.load_jsonl(path)`` (relative video paths resolved against the JSONL's folder);
-* ``len(source)`` = number of rows; ``source.example(i)`` = row ``i`` (media decoded lazily, through a cache of
-  model-ready tensors, so training does not decode every epoch);
-* ``source.collate(examples)`` = ``fusion.data.batching.collate(samples, processor, mode="train")``: the prompt
-  (system, media block, question, options) plus the answer (``LETTER <|im_end|>``), right padding, ``labels``
-  = the answer tokens' ids and -100 everywhere else;
-* the order comes from :class:`train.order.SampleOrder` like every source; a row whose media fails to decode
-  raises a typed ``MediaError`` naming the file (never a silently skipped sample).
+* ``len(source)`` = number of rows (or ``limit``); ``source.example(i)`` = row index ``i``;
+* ``source.collate(indices)`` = prompt (system, media block, question, lettered options) + answer
+  (``LETTER <|im_end|>``), right padding, ``labels`` = the answer tokens' ids and -100 everywhere else.
+
+A clip that fails to decode while the cache is built raises the typed ``MediaError`` naming the file.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor
 
 from fusion.errors import ConfigError
 from train.sources import register_source
 
 
+class McqJsonlSource:
+    """See module doc. Args: the ``data.mcq_jsonl`` section, the processor, the thinker config (unused)."""
+
+    def __init__(self, config, processor, model_config) -> None:
+        from fusion.data.cache import cached_split
+
+        if not config.path:
+            raise ConfigError("data.mcq_jsonl.path: set it to an MCQ JSONL file (e.g. runs/toyworld/train.jsonl; "
+                              "generate ToyWorld with `python -m fusion.data.toyworld --out runs/toyworld`)")
+        path = Path(config.path)
+        if not path.is_file():
+            raise ConfigError(f"data.mcq_jsonl.path: no file at {path}; generate ToyWorld with "
+                              f"`python -m fusion.data.toyworld --out {path.parent}` or point it at your JSONL")
+        self.split = cached_split(path, processor, style=config.style, progress=True)
+        self.size = len(self.split) if config.limit is None else min(config.limit, len(self.split))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def example(self, index: int) -> int:
+        return index
+
+    def collate(self, examples: list[int]) -> dict[str, Tensor]:
+        batch = self.split.batch(examples, mode="train")
+        batch.pop("answer")
+        batch.pop("n_options")
+        return batch
+
+
 @register_source("mcq_jsonl")
-def build_mcq_jsonl(config, processor, model_config):
-    """Not available in this version (see module doc); raises a :class:`ConfigError` saying what to use."""
-    raise ConfigError(
-        f"data.source: 'mcq_jsonl' (path={config.path!r}) is defined but not wired yet: it needs the ToyWorld "
-        "media path (fusion.data.mcq / fusion.data.batching). Use data.source=synthetic for now"
-    )
+def build_mcq_jsonl(config, processor, model_config) -> McqJsonlSource:
+    return McqJsonlSource(config, processor, model_config)

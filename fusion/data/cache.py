@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -102,8 +103,35 @@ def build_cache(samples: list[MCQSample], processor, path: str | Path, style: st
                 "format": FORMAT_VERSION}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    save_file(tensors, str(partial), metadata=metadata)
+    os.replace(partial, path)  # atomic: a reader (or another rank) never sees a half-written cache
     return path
+
+
+def cache_path(jsonl: str | Path, processor, style: str = "toy") -> Path:
+    """Where the cache of an MCQ JSONL lives: ``<its folder>/cache/<stem>-<processor fingerprint>.safetensors``."""
+    jsonl = Path(jsonl)
+    return jsonl.parent / "cache" / f"{jsonl.stem}-{processor_fingerprint(processor, style)}.safetensors"
+
+
+def cached_split(jsonl: str | Path, processor, style: str = "toy", progress: bool = False) -> CachedSplit:
+    """The cached tensors of an MCQ JSONL split, built once (decoding every clip) on first use.
+
+    The samples are attached as ``split.samples`` (their ids are checked against the cache's, so a JSONL edited
+    after caching is refused rather than silently mismatched).
+    """
+    from fusion.data.mcq import load_jsonl
+
+    samples = load_jsonl(jsonl)
+    path = cache_path(jsonl, processor, style)
+    if not path.is_file():
+        build_cache(samples, processor, path, style=style, progress=progress)
+    split = CachedSplit(path, processor, style=style)
+    if [x.id for x in samples] != split.ids:
+        raise DatasetError(f"{path} was built from another version of {jsonl}; delete {path.parent} and rerun")
+    split.samples = samples
+    return split
 
 
 class CachedSplit:
