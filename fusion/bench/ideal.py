@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from fusion.errors import BenchmarkError
 from fusion.pruners.base import Compressor
 from fusion.tokens import AVTokens, Selection
 
@@ -57,7 +58,10 @@ def keep_from_source(source_index: Tensor, length: int) -> Tensor:
     """``(B, L)`` bool keep mask over the unpruned input from a pruned batch's ``source_index`` ``(B, L')``
     (``-1`` on padding), e.g. ``CompressedOutput.source_index``: ``keep[b, source_index[b, j]] = True``."""
     keep = torch.zeros(source_index.shape[0], length, dtype=torch.bool, device=source_index.device)
-    return keep.scatter_(1, source_index.clamp(min=0), source_index >= 0) if source_index.numel() else keep
+    valid = source_index >= 0  # (B, L')
+    rows = torch.arange(source_index.shape[0], device=source_index.device)[:, None].expand_as(source_index)
+    keep[rows[valid], source_index[valid]] = True  # padding (-1) writes nothing
+    return keep
 
 
 def fastv_ideal(t_fixed: float, llm_full: float, llm_kept: float, k: int, layers: int) -> float:
@@ -68,8 +72,8 @@ def fastv_ideal(t_fixed: float, llm_full: float, llm_kept: float, k: int, layers
 def paired_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
     """``median_i(numerators[i] / denominators[i])`` (e.g. ``T_ideal,i / T_method,i`` per round)."""
     if len(numerators) != len(denominators) or not numerators:
-        raise ValueError(f"paired_ratio needs two equally long, non-empty sequences (got {len(numerators)} and "
-                         f"{len(denominators)})")
+        raise BenchmarkError(f"paired_ratio needs two equally long, non-empty sequences of times (got "
+                             f"{len(numerators)} and {len(denominators)}); pass one value per round to each")
     return statistics.median(_ratio(n, d) for n, d in zip(numerators, denominators))
 
 

@@ -65,7 +65,7 @@ from fusion.bench.memory import PeakMemory
 from fusion.bench.prefill_report import TARGETS, misses, render
 from fusion.bench.report import environment
 from fusion.bench.timing import Fanout, StageTimer, function_span, interleave, module_span
-from fusion.errors import AVFusionError, RetentionError, UnsupportedOptionError
+from fusion.errors import AVFusionError, ModelLoadError, RetentionError, UnsupportedOptionError
 from fusion.model.configs import REAL_CONFIGS, real_config, scaled_config
 from fusion.model.llm_hooks import layer_token_counts
 from fusion.pruners import METHODS
@@ -200,7 +200,8 @@ def build_model(args, device: torch.device, dtype: torch.dtype, size: str):
     if size == "tiny":
         return load_model("tiny-random", dtype=dtype, attn_implementation=args.attn, device=device)[0]
     if args.model not in REAL_CONFIGS and not args.model.endswith(".json"):
-        raise SystemExit(f"--model must be one of {list(REAL_CONFIGS)}, 'tiny-random' or a thinker config .json")
+        raise ModelLoadError(f"--model {args.model!r}: the benchmark builds random weights from a config, so give one "
+                             f"of {list(REAL_CONFIGS)}, 'tiny-random' or the path of a thinker config .json")
     config = scaled_config(args.model, **CPU_SIZE) if size == "scaled" else real_config(args.model)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # weights made in their dtype on the device: no fp32 host copy of a 7B model

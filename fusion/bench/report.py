@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import torch
 
+from fusion.errors import BenchmarkError
+
 
 def environment(device: torch.device | str = "cpu", dtype: torch.dtype | None = None, attn: str | None = None) -> str:
     """One line naming the versions, the device (GPU name, or CPU architecture + SIMD level) and the run settings."""
@@ -39,7 +41,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     """A GitHub markdown table; every row must have ``len(header)`` cells (``|`` in a cell is escaped)."""
     for row in rows:
         if len(row) != len(header):
-            raise ValueError(f"a table row has {len(row)} cells, the header {len(header)}: {row!r}")
+            raise BenchmarkError(f"a table row has {len(row)} cells but the header has {len(header)}: {row!r}; give "
+                                 "every row one cell per column")
 
     def line(cells: Sequence[object]) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
