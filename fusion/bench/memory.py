@@ -13,7 +13,11 @@ them). Stage marks read and reset the allocator's host-side counters (no synchro
 folded in before each reset, so ``peak`` still covers the whole call. CPU: torch keeps no allocator statistics
 there, so a thread samples the resident set size every ``interval`` seconds (``psutil``); the figure is the OS's view
 (it includes allocator slack) and can miss a spike shorter than the interval. Before the call ``malloc_trim(0)``
-(glibc) hands freed heap back to the OS so ``base`` does not carry earlier runs' leftovers.
+(glibc) hands freed heap back to the OS so ``base`` does not carry earlier runs' leftovers. glibc keeps freed blocks
+below its (adaptive, up to 32 MiB) mmap threshold in the heap, so RSS would follow the high-water mark of the whole
+call rather than live memory; call :func:`track_rss_closely` once before measuring (after any timing: it is
+process-wide and makes every large allocation an ``mmap``) so that each tensor of 64 KiB or more is mapped and
+unmapped on its own and a stage's RSS peak reflects what is alive during it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,16 @@ def _malloc_trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
+
+
+def track_rss_closely(threshold: int = 64 * 1024) -> bool:
+    """glibc only: ``mallopt(M_MMAP_THRESHOLD, threshold)`` and ``mallopt(M_TRIM_THRESHOLD, 2 * threshold)``, so freed
+    large blocks go back to the OS at once (module doc). Returns False where there is no glibc (nothing changed)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, threshold)) and bool(libc.mallopt(-1, 2 * threshold))  # M_MMAP_, M_TRIM_
+    except (OSError, AttributeError):
+        return False
 
 
 class PeakMemory:

@@ -29,8 +29,9 @@ which goes first), medians over ``--repeats`` rounds after ``--warmup`` rounds a
   in-LLM selection), ``other`` (embedding, TMRoPE ids, annotation, ``apply_keep``, ``lm_head``);
 * ``ideal``: the same call with :class:`~fusion.bench.ideal.FixedKeep` replaying the method's keep mask (same kept
   tokens, no selection cost); FastV's ideal adds its first ``K`` layers at full length (``fusion.bench.ideal``);
-* memory of the method and of its ideal (one more call each; ``fusion.bench.memory``): the peak increase over what
-  was in use before the call, for the whole call and inside the LLM stage, and the absolute peak;
+* memory of the method and of its ideal (one more call each, after all timing; ``fusion.bench.memory``): the peak
+  increase over what was in use before the call, for the whole call and inside the LLM stage, and the absolute peak
+  (GPU: allocator counters; CPU: sampled RSS, with glibc's mmap threshold lowered so that RSS follows live memory);
 * FLOPs (calibration call): the analytic LLM prefill FLOPs from the per-layer token counts, and the counted FLOPs of
   the selection (``fusion.bench.flops``).
 
@@ -61,7 +62,7 @@ import fusion.model.hooked_lm as hooked_lm
 import fusion.model.thinker as thinker_module
 from fusion.bench.flops import FlopTally, prefill_flops
 from fusion.bench.ideal import Comparison, FixedKeep, fastv_ideal, keep_from_source, paired_ratio
-from fusion.bench.memory import PeakMemory
+from fusion.bench.memory import PeakMemory, track_rss_closely
 from fusion.bench.prefill_report import TARGETS, misses, render
 from fusion.bench.report import environment
 from fusion.bench.timing import Fanout, StageTimer, function_span, interleave, module_span
@@ -372,6 +373,9 @@ def main(argv: list[str] | None = None) -> dict:
             runs[i] = lambda c=case: bench.pair(c["compressor"], c["ideal"])
         timings = interleave(runs, args.repeats, args.warmup)
         base = medians(timings["none"])
+        if device.type == "cpu":  # timing is over: let RSS follow live memory (fusion.bench.memory), settle once
+            meta["memory_kind"] += ", glibc mmap threshold 64 KiB" if track_rss_closely() else ""
+            bench.call(none)
         base_mem = bench.memory(none)
         rows = [row(bench, case, timings[i], base) for i, case in enumerate(cases)]
     model.set_compressor(none)
