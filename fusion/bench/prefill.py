@@ -23,7 +23,7 @@ which goes first), medians over ``--repeats`` rounds after ``--warmup`` rounds a
 * ``total``: ``model(**inputs, logits_to_keep=1)`` (encoders + selection + LLM; one logit row, so the 152k-vocab
   head over every position does not dominate); ``use_cache`` as default (the prefill builds its KV cache; FastV's
   forward path builds none);
-* stages from hooks that only record marks (CUDA events on GPU, ``perf_counter`` on CPU; ``fusion.bench.timing``):
+* stages from hooks that only record marks (CUDA events on GPU, ``perf_counter`` on CPU; ``fusion.bench.instrument``):
   ``video_encoder``, ``audio_encoder``, ``select`` (the compressor call + the audio-encoder attention scores it
   requires + FastV's in-LLM attention row and gather), ``llm`` (decoder layer 0 to the final norm, minus FastV's
   in-LLM selection), ``other`` (embedding, TMRoPE ids, annotation, ``apply_keep``, ``lm_head``);
@@ -50,7 +50,6 @@ every miss). ``--markdown`` writes the report printed at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shlex
 import statistics
@@ -59,18 +58,15 @@ import sys
 import torch
 
 import fusion.model.hooked_lm as hooked_lm
-import fusion.model.thinker as thinker_module
-from fusion.bench.flops import FlopTally, prefill_flops
-from fusion.bench.ideal import Comparison, FixedKeep, fastv_ideal, keep_from_source, paired_ratio
+from fusion.bench.ideal import Comparison, FixedKeep, fastv_ideal, paired_ratio
+from fusion.bench.instrument import STAGES, Bench
 from fusion.bench.memory import PeakMemory, track_rss_closely
 from fusion.bench.prefill_report import TARGETS, misses, render
 from fusion.bench.report import environment
-from fusion.bench.timing import Fanout, StageTimer, function_span, interleave, module_span
+from fusion.bench.timing import interleave
 from fusion.errors import AVFusionError, ModelLoadError, RetentionError, UnsupportedOptionError
 from fusion.model.configs import REAL_CONFIGS, real_config, scaled_config
-from fusion.model.llm_hooks import layer_token_counts
 from fusion.pruners import METHODS
-from fusion.pruners.base import Compressor
 from fusion.testing import random_inputs
 
 #: CPU size: a decoder 512 wide x 8 layers (head dim 128), encoders 256 wide x 4 layers. On a 12-s 336-px clip
@@ -81,41 +77,9 @@ CPU_SIZE = dict(text_hidden=512, text_layers=8, heads=4, kv_heads=2, vision_dept
 #: CPU clip length: 60 s would be ~10k tokens, where attention (n^2) would dominate a 512-wide decoder.
 CPU_SECONDS = 12.0
 GPU_SECONDS = 60.0
-STAGES = ("total", "video_encoder", "audio_encoder", "select", "llm", "other")
 BY_NAME = ("none", "fastv", "fusion")  # the baseline and the two cases added by name, after the pre-LLM methods
 #: Parameters that let a method reach a retention its paper defaults cannot (used only after a RetentionError).
 REACH = {"omnizip": {"rho_max": 0.95}}
-
-
-class FlopCounting:
-    """``around`` for the timed spans: runs the call, under a :class:`FlopTally` while :attr:`tally` is set."""
-
-    def __init__(self) -> None:
-        self.tally: FlopTally | None = None
-
-    def __call__(self, call):
-        return self.tally.count(call) if self.tally is not None else call()
-
-
-class Timed(Compressor):
-    """A compressor whose calls are timed as span ``select`` (and FLOP-counted while counting is on)."""
-
-    def __init__(self, inner, timer: StageTimer, flops: FlopCounting) -> None:
-        self.inner, self.timer, self.flops = inner, timer, flops
-        self.name = getattr(inner, "name", type(inner).__name__)
-        self.requires = getattr(inner, "requires", frozenset())
-        self.retention = getattr(inner, "retention", 1.0)
-
-    def llm_hook(self):
-        make = getattr(self.inner, "llm_hook", None)
-        return make() if make is not None else None
-
-    def __call__(self, tokens):
-        self.timer.start("select")
-        try:
-            return self.flops(lambda: self.inner(tokens))
-        finally:
-            self.timer.stop("select")
 
 
 def kind_of(compressor) -> str:
@@ -124,74 +88,6 @@ def kind_of(compressor) -> str:
         return "learned"
     hook = compressor.llm_hook() if hasattr(compressor, "llm_hook") else None
     return "in-llm" if hook is not None and hook.prefill_layer is not None else "pre-llm"
-
-
-class Bench:
-    """The instrumented model: :meth:`call` = one prefill with every stage timed (module doc)."""
-
-    def __init__(self, model, inputs: dict, device: torch.device) -> None:
-        self.model, self.inputs, self.device = model, inputs, device
-        self.timer, self.flops = StageTimer(device), FlopCounting()
-        self.marks = Fanout(self.timer)  # module hooks feed the timer, and a PeakMemory while one is measuring
-        self._swap = 0
-
-    def instrument(self) -> contextlib.ExitStack:
-        """Install every stage hook (enter once for the whole benchmark)."""
-        lm, model, around = self.model.model.language_model, self.model.model, self.flops
-        stack = contextlib.ExitStack()
-        stack.enter_context(module_span(self.marks, model.visual, "video_encoder"))
-        stack.enter_context(module_span(self.marks, model.audio_tower, "audio_encoder"))
-        stack.enter_context(module_span(self.marks, lm.layers[0], "llm_span", end_module=lm.norm))
-        stack.enter_context(function_span(self.timer, thinker_module, "attention_received", "scores", around))
-        stack.enter_context(function_span(self.timer, hooked_lm, "last_token_row", "in_llm_select", around))
-        stack.enter_context(function_span(self.timer, hooked_lm, "drop_tokens", "in_llm_select", around))
-        return stack
-
-    def call(self, compressor) -> tuple[dict[str, float], object]:
-        """``(stage seconds, output)`` of one prefill with ``compressor``."""
-        self.model.set_compressor(Timed(compressor, self.timer, self.flops))
-        self.timer.reset()
-        with torch.no_grad():
-            self.timer.start("total")
-            out = self.model(**self.inputs, logits_to_keep=1)
-            self.timer.stop("total")
-        raw = self.timer.seconds()
-        inner = raw.get("in_llm_select", 0.0)
-        stages = {"total": raw["total"], "video_encoder": raw.get("video_encoder", 0.0),
-                  "audio_encoder": raw.get("audio_encoder", 0.0),
-                  "select": raw.get("select", 0.0) + raw.get("scores", 0.0) + inner,
-                  "llm": raw.get("llm_span", 0.0) - inner}
-        stages["other"] = stages["total"] - sum(v for k, v in stages.items() if k != "total")
-        return stages, out
-
-    def calibrate(self, compressor) -> dict:
-        """One untimed call: keep mask (for the ideal), kept counts, per-layer tokens, FLOPs."""
-        self.flops.tally = FlopTally()
-        try:
-            _, out = self.call(compressor)
-        finally:
-            tally, self.flops.tally = self.flops.tally, None
-        stats, text = self.model.last_stats, self.model.config.get_text_config()
-        layers = layer_token_counts(stats, text.num_hidden_layers)[0].tolist()
-        return {"keep": keep_from_source(out.source_index, self.inputs["input_ids"].shape[1]), "stats": stats,
-                "layer_tokens": layers, "select_flops": tally.total,
-                "llm_flops": prefill_flops(layers, text.hidden_size, text.intermediate_size)}
-
-    def pair(self, method, ideal) -> dict[str, dict[str, float]]:
-        """The method and its ideal back to back, alternating which runs first."""
-        self._swap ^= 1
-        order = (("method", method), ("ideal", ideal)) if self._swap else (("ideal", ideal), ("method", method))
-        return {label: self.call(c)[0] for label, c in order}
-
-    def memory(self, compressor) -> dict[str, int]:
-        """Peak memory of one prefill: ``delta`` (whole call), ``llm`` (inside the LLM stage), ``peak`` (bytes)."""
-        with PeakMemory(self.device) as mem:
-            self.marks.listeners.append(mem)
-            try:
-                self.call(compressor)
-            finally:
-                self.marks.listeners.remove(mem)
-        return {"delta": mem.delta, "llm": mem.stage_delta.get("llm_span", 0), "peak": mem.peak}
 
 
 def build_model(args, device: torch.device, dtype: torch.dtype, size: str):
