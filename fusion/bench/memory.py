@@ -14,10 +14,10 @@ folded in before each reset, so ``peak`` still covers the whole call. CPU: torch
 there, so a thread samples the resident set size every ``interval`` seconds (``psutil``); the figure is the OS's view
 (it includes allocator slack) and can miss a spike shorter than the interval. Before the call ``malloc_trim(0)``
 (glibc) hands freed heap back to the OS so ``base`` does not carry earlier runs' leftovers. glibc keeps freed blocks
-below its (adaptive, up to 32 MiB) mmap threshold in the heap, so RSS would follow the high-water mark of the whole
-call rather than live memory; call :func:`track_rss_closely` once before measuring (after any timing: it is
-process-wide and makes every large allocation an ``mmap``) so that each tensor of 64 KiB or more is mapped and
-unmapped on its own and a stage's RSS peak reflects what is alive during it.
+below its (adaptive, up to 32 MiB) mmap threshold in the heap and reuses them, so within one call RSS follows the
+high-water mark (an upper bound of the stages that come after a big one). :func:`track_rss_closely`, called before
+anything is allocated, makes each allocation of 64 KiB or more its own ``mmap``, unmapped on free, so RSS follows
+live memory; it is process-wide and slows large allocations (20-40 % on a prefill here), so time in another run.
 """
 
 from __future__ import annotations

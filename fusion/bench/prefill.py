@@ -31,7 +31,9 @@ which goes first), medians over ``--repeats`` rounds after ``--warmup`` rounds a
   tokens, no selection cost); FastV's ideal adds its first ``K`` layers at full length (``fusion.bench.ideal``);
 * memory of the method and of its ideal (one more call each, after all timing; ``fusion.bench.memory``): the peak
   increase over what was in use before the call, for the whole call and inside the LLM stage, and the absolute peak
-  (GPU: allocator counters; CPU: sampled RSS, with glibc's mmap threshold lowered so that RSS follows live memory);
+  (GPU: allocator counters; CPU: sampled RSS, an upper bound since glibc reuses freed heap within the call; with
+  ``--memory-exact`` glibc's mmap threshold is lowered at start so RSS follows live memory, which slows large
+  allocations by 20-40 % for every method alike: use that run for memory, a plain run for times);
 * FLOPs (calibration call): the analytic LLM prefill FLOPs from the per-layer token counts, and the counted FLOPs of
   the selection (``fusion.bench.flops``).
 
@@ -214,6 +216,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds before them")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU: on a shared "
                    "2-core machine 2 threads ran 2-4x slower and unstable)")
+    p.add_argument("--memory-exact", action="store_true", help="CPU: make RSS follow live memory (glibc mmap "
+                   "threshold 64 KiB from the start; slows every run alike, so take times from a run without it)")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--markdown", default=None, help="write the report as markdown here")
     return p.parse_args(argv)
@@ -235,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.seconds is None:
         args.seconds = 2.0 if size == "tiny" else GPU_SECONDS if device.type == "cuda" else CPU_SECONDS
 
+    exact = args.memory_exact and device.type == "cpu" and track_rss_closely()  # before anything is allocated
     model = build_model(args, device, dtype, size)
     bench = Bench(model, make_inputs(model, args.seconds, args.frame_size, device, dtype), device)
     todo, skipped = plan(args)
@@ -244,7 +249,9 @@ def main(argv: list[str] | None = None) -> dict:
             "threads": torch.get_num_threads(), "model": args.model, "size": size, **model_summary(model),
             "seconds": args.seconds, "frame_size": args.frame_size,
             "sequence": int(bench.inputs["input_ids"].shape[1]), "repeats": args.repeats, "warmup": args.warmup,
-            "memory_kind": PeakMemory(device).kind}
+            "memory_kind": PeakMemory(device).kind + (", glibc mmap threshold 64 KiB (--memory-exact)" if exact else
+                                                      ", heap reuse: an upper bound, see --memory-exact")
+            if device.type == "cpu" else PeakMemory(device).kind}
     print(f"{meta['environment']}\nmodel {args.model} ({size}): {meta['params_m']} M params; text {meta['text']}; "
           f"vision {meta['vision']}; audio {meta['audio']}", flush=True)
 
@@ -269,9 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
             runs[i] = lambda c=case: bench.pair(c["compressor"], c["ideal"])
         timings = interleave(runs, args.repeats, args.warmup)
         base = medians(timings["none"])
-        if device.type == "cpu":  # timing is over: let RSS follow live memory (fusion.bench.memory), settle once
-            meta["memory_kind"] += ", glibc mmap threshold 64 KiB" if track_rss_closely() else ""
-            bench.call(none)
+        bench.call(none)  # settle once before the memory calls
         base_mem = bench.memory(none)
         rows = [row(bench, case, timings[i], base) for i, case in enumerate(cases)]
     model.set_compressor(none)
