@@ -83,3 +83,7 @@ class EmptyMediaError(MediaError, ValueError):
 
 class DatasetError(AVFusionError, ValueError):
     """A benchmark file that does not follow its documented layout."""
+
+
+class BenchmarkError(AVFusionError, ValueError):
+    """A benchmark helper given inconsistent inputs (unequal paired samples, a table row of the wrong width)."""

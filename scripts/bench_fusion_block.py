@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 
 import torch
 
 import fusion.block.cross_attention as cross_attention
 from fusion import load_model
+from fusion.bench.report import environment, markdown_table
+from fusion.bench.timing import interleave, seconds_of
 from fusion.block import BaseIdentity, FusionBlock, FusionConfig
 from fusion.testing import random_inputs
 
@@ -57,10 +58,9 @@ def main() -> None:
     config = FusionConfig(retention=0.25, dim=args.dim, neighbours=args.neighbours, scorer_hidden=args.dim)
     block = FusionBlock(config, base).train()
     params = sum(p.numel() for p in block.parameters())
-    print(f"block: D={args.width}, d={args.dim}, neighbours={args.neighbours}: {params / 1e6:.2f} M parameters; "
-          f"torch threads={torch.get_num_threads()}")
-    print("| seconds | N_v | N_a | forward ms | fwd+bwd ms | scores computed | clip-wide 2 N_v N_a | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(environment("cpu", torch.float32))
+    print(f"block: D={args.width}, d={args.dim}, neighbours={args.neighbours}: {params / 1e6:.2f} M parameters")
+    rows = []
     for seconds in args.seconds:
         with torch.no_grad():
             tokens = tiny.build_tokens(**random_inputs(tiny, seconds=seconds, frame_size=args.frame, seed=0))
@@ -68,22 +68,25 @@ def main() -> None:
         tokens.embeds = torch.randn(*tokens.input_ids.shape, args.width)
         n_v, n_a = int(tokens.n_video[0]), int(tokens.n_audio[0])
         scores = count_scores(block, tokens)
-        fwd, both = [], []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
+
+        def forward(t=tokens):
             with torch.no_grad():
-                block(tokens)
-            fwd.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            selection = block(tokens)
+                block(t)
+
+        def forward_backward(t=tokens):
+            selection = block(t)
             selection.embeds[selection.keep].float().square().mean().backward()
-            both.append(time.perf_counter() - t0)
             block.zero_grad(set_to_none=True)
+
+        times = interleave({"fwd": lambda f=forward: seconds_of(f), "both": lambda f=forward_backward: seconds_of(f)},
+                           args.repeats, warmup=0)
         computed = sum(scores)
         full = 2 * n_v * n_a  # both directions over the whole clip
-        print(f"| {seconds} | {n_v} | {n_a} | {1000 * statistics.median(fwd):.1f} | "
-              f"{1000 * statistics.median(both):.1f} | {computed:,} | {full:,} | {computed / full:.3f} |")
-
+        rows.append([seconds, n_v, n_a, f"{1000 * statistics.median(times['fwd']):.1f}",
+                     f"{1000 * statistics.median(times['both']):.1f}", f"{computed:,}", f"{full:,}",
+                     f"{computed / full:.3f}"])
+    print(markdown_table(["seconds", "N_v", "N_a", "forward ms", "fwd+bwd ms", "scores computed",
+                          "clip-wide 2 N_v N_a", "ratio"], rows))
 
 if __name__ == "__main__":
     main()

@@ -16,13 +16,13 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
-import transformers
 
+from fusion.bench.report import environment, markdown_table
+from fusion.bench.timing import interleave, seconds_of
 from fusion.model.configs import scaled_config
 from fusion.model.hooked_lm import run_prefill
 from fusion.model.loading import build_random_thinker
@@ -62,26 +62,21 @@ def prefill_table(model, inputs: dict, repeats: int) -> None:
         "hooked runner, FastV r=0.25, K=2": lambda: hooked(0.25),
         "HF text model on the TTM prefix (DyCoke r=0.475)": lambda: (stock(ttm), [ttm.inputs_embeds.shape[1]] * 6),
     }
-    times: dict[str, list[float]] = {name: [] for name in configs}
-    counts = {}
-    with torch.no_grad():
-        for i in range(2 + repeats):
-            for name, run in configs.items():  # interleaved so drift hits every config alike
-                start = time.perf_counter()
-                _, counts[name] = run()
-                if i >= 2:
-                    times[name].append(time.perf_counter() - start)
-        ttm_times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            dycoke.select(tokens)
-            ttm_times.append(time.perf_counter() - start)
+
+    def timed(run):
+        start = time.perf_counter()
+        _, counts = run()
+        return time.perf_counter() - start, counts
+
+    with torch.no_grad():  # interleaved (rotated each round) so drift hits every config alike
+        results = interleave({name: lambda r=run: timed(r) for name, run in configs.items()}, repeats, warmup=2)
+        ttm_times = [seconds_of(lambda: dycoke.select(tokens)) for _ in range(repeats)]
+    times = {name: [t for t, _ in values] for name, values in results.items()}
     base = statistics.median(times["HF text model, all tokens"])
-    print("\n| LLM prefill (batch 1, KV cache, last logits) | median ms | vs HF | tokens per decoder layer |")
-    print("|---|---|---|---|")
-    for name in configs:
-        t = statistics.median(times[name])
-        print(f"| {name} | {t * 1e3:.1f} | {t / base:.3f} | {counts[name]} |")
+    rows = [[name, f"{statistics.median(times[name]) * 1e3:.1f}", f"{statistics.median(times[name]) / base:.3f}",
+             results[name][-1][1]] for name in configs]
+    print("\n" + markdown_table(["LLM prefill (batch 1, KV cache, last logits)", "median ms", "vs HF",
+                                 "tokens per decoder layer"], rows))
     print(f"\nDyCoke TTM selection itself (video + audio, {tokens.av_mask.sum().item()} AV tokens): "
           f"{statistics.median(ttm_times) * 1e3:.2f} ms median")
 
@@ -96,27 +91,25 @@ def decode_table(model, inputs: dict, new_tokens: int, repeats: int) -> None:
                                                                               threshold=2.0),
         "hooked loop, FastV r=0.5, K=2": METHODS.build("fastv", retention=0.5, k=2),
     }
-    times = {(name, n): [] for name in configs for n in (1, new_tokens)}
+
+    def generate(compressor, n: int) -> float:
+        model.set_compressor(compressor)
+        return seconds_of(lambda: model.generate(**inputs, max_new_tokens=n, min_new_tokens=n))
+
+    runs = {(name, n): lambda c=c, n=n: generate(c, n) for name, c in configs.items() for n in (1, new_tokens)}
     with torch.no_grad():
-        for i in range(1 + repeats):
-            for name, compressor in configs.items():
-                model.set_compressor(compressor)
-                for n in (1, new_tokens):
-                    start = time.perf_counter()
-                    model.generate(**inputs, max_new_tokens=n, min_new_tokens=n)
-                    if i >= 1:
-                        times[(name, n)].append(time.perf_counter() - start)
-    print(f"\n| greedy decode | s for 1 token | s for {new_tokens} tokens | ms per decode step |")
-    print("|---|---|---|---|")
+        times = interleave(runs, repeats, warmup=1)
+    rows = []
     for name in configs:
         one, many = statistics.median(times[(name, 1)]), statistics.median(times[(name, new_tokens)])
-        print(f"| {name} | {one:.3f} | {many:.3f} | {(many - one) / (new_tokens - 1) * 1e3:.1f} |")
+        rows.append([name, f"{one:.3f}", f"{many:.3f}", f"{(many - one) / (new_tokens - 1) * 1e3:.1f}"])
+    print("\n" + markdown_table(["greedy decode", "s for 1 token", f"s for {new_tokens} tokens",
+                                 "ms per decode step"], rows))
     model.set_compressor(METHODS.build("none"))
 
 
 def ttm_retention_table() -> None:
-    print("\n| layout (144 V/grid, 25 A/s) | K | nominal | measured, quirk on | measured, quirk off |")
-    print("|---|---|---|---|---|")
+    rows = []
     for seconds in (8, 11, 30, 32, 60):  # the quirk only matters when the frame count is a multiple of 4
         for k in (0.7, 0.5):
             kept = {True: 0, False: 0}
@@ -127,7 +120,10 @@ def ttm_retention_table() -> None:
                 kept[quirk] = int(video.sum() + audio.sum())
                 total = video.numel() + audio.numel()
             nominal = (1 + 3 * (1 - k)) / 4
-            print(f"| {seconds} s | {k} | {nominal:.3f} | {kept[True] / total:.3f} | {kept[False] / total:.3f} |")
+            rows.append([f"{seconds} s", k, f"{nominal:.3f}", f"{kept[True] / total:.3f}",
+                         f"{kept[False] / total:.3f}"])
+    print("\n" + markdown_table(["layout (144 V/grid, 25 A/s)", "K", "nominal", "measured, quirk on",
+                                 "measured, quirk off"], rows))
 
 
 def main() -> None:
@@ -140,8 +136,7 @@ def main() -> None:
                              "a second core, which swamps the figures)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.processor() or 'cpu'}, "
-          f"{torch.get_num_threads()} threads, fp32, sdpa")
+    print(environment("cpu", torch.float32, "sdpa"))
     model = build_random_thinker(scaled_config("qwen2_5_omni_3b"), seed=0).eval()
     inputs = random_inputs(model, seconds=args.seconds, frame_size=112)
     print(f"mid config: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params, "

@@ -69,19 +69,23 @@ class FusionLayer(nn.Module):
         audio_rows = (~layout.is_video).nonzero().squeeze(1)  # (N_a,)
         packed_v = layout.video.pack(n[video_rows])  # (G, M_v, d)
         packed_a = layout.audio.pack(n[audio_rows])  # (G, M_a, d)
-        keys_a, mask_a = layout.window_keys(layout.audio, packed_a)  # (G, W * M_a, d)
-        keys_v, mask_v = layout.window_keys(layout.video, packed_v)  # (G, W * M_v, d)
+        # keys/values projected once per token, then gathered into the windows (W x fewer projections; k/v have no
+        # bias, so empty slots stay 0 as if the zero rows had been projected)
+        kv_a, mask_a = layout.window_keys(layout.audio, self.video_from_audio.kv(packed_a))  # (G, W * M_a, 2d)
+        kv_v, mask_v = layout.window_keys(layout.video, self.audio_from_video.kv(packed_v))  # (G, W * M_v, 2d)
         if question is not None:
-            packed_q = layout.question.pack(self.norm(question))[layout.group_sample]  # (G, M_q, d)
+            packed_q = layout.question.pack(self.norm(question))  # (B, M_q, d)
             mask_q = layout.question.mask[layout.group_sample]  # (G, M_q)
-            keys_a, mask_a = torch.cat([keys_a, packed_q], 1), torch.cat([mask_a, mask_q], 1)
-            keys_v, mask_v = torch.cat([keys_v, packed_q], 1), torch.cat([mask_v, mask_q], 1)
+            kv_qa = self.video_from_audio.kv(packed_q)[layout.group_sample]  # (G, M_q, 2d)
+            kv_qv = self.audio_from_video.kv(packed_q)[layout.group_sample]  # (G, M_q, 2d)
+            kv_a, mask_a = torch.cat([kv_a, kv_qa], 1), torch.cat([mask_a, mask_q], 1)
+            kv_v, mask_v = torch.cat([kv_v, kv_qv], 1), torch.cat([mask_v, mask_q], 1)
         context = torch.zeros_like(h)  # (N, d)
         if video_rows.numel():
-            c_v = self.video_from_audio(packed_v, keys_a, mask_a)  # (G, M_v, d)
+            c_v = self.video_from_audio.attend(packed_v, kv_a, mask_a)  # (G, M_v, d)
             context = context.index_put((video_rows,), layout.video.unpack(c_v))
         if audio_rows.numel():
-            c_a = self.audio_from_video(packed_a, keys_v, mask_v)  # (G, M_a, d)
+            c_a = self.audio_from_video.attend(packed_a, kv_v, mask_v)  # (G, M_a, d)
             context = context.index_put((audio_rows,), layout.audio.unpack(c_a))
         h = h + context
         return h + self.mlp(self.mlp_norm(h))

@@ -39,12 +39,20 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor, context_mask: Tensor) -> Tensor:
         """``x (G, Mq, d)``, ``context (G, Mk, d)``, ``context_mask (G, Mk)`` bool -> ``(G, Mq, d)``."""
+        return self.attend(x, self.kv(context), context_mask)
+
+    def attend(self, x: Tensor, kv: Tensor, kv_mask: Tensor) -> Tensor:
+        """:meth:`forward` with the context already projected: ``kv = W_kv c`` ``(G, Mk, 2d)`` (``[k | v]`` per slot).
+
+        Lets a caller project every context token once and then gather its windows (each token sits in up to
+        ``2n + 1`` windows), instead of projecting each window's copy.
+        """
         G, Mq, d = x.shape
-        Mk, h = context.shape[1], self.heads
+        Mk, h = kv.shape[1], self.heads
         q = self.q(x).view(G, Mq, h, d // h).transpose(1, 2)  # (G, h, Mq, hd)
-        k, v = self.kv(context).view(G, Mk, 2, h, d // h).permute(2, 0, 3, 1, 4)  # 2 x (G, h, Mk, hd)
+        k, v = kv.view(G, Mk, 2, h, d // h).permute(2, 0, 3, 1, 4)  # 2 x (G, h, Mk, hd)
         null = k.new_zeros(G, h, 1, d // h)
         k, v = torch.cat([null, k], dim=2), torch.cat([null, v], dim=2)  # (G, h, Mk + 1, hd)
-        mask = torch.cat([context_mask.new_ones(G, 1), context_mask], dim=1)[:, None, None, :]  # (G, 1, 1, Mk + 1)
+        mask = torch.cat([kv_mask.new_ones(G, 1), kv_mask], dim=1)[:, None, None, :]  # (G, 1, 1, Mk + 1)
         o = sdpa(q, k, v, mask)  # (G, h, Mq, hd)
         return self.out(o.transpose(1, 2).reshape(G, Mq, d))

@@ -140,7 +140,8 @@ class GroupLayout:
         return layout
 
     def window_keys(self, packing: Packing, packed: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys of every group's window: ``(G, W * M, d)`` and their ``(G, W * M)`` mask.
+        """Keys of every group's window: ``(G, W * M, d)`` and their ``(G, W * M)`` mask (``packed`` ``(G, M, d)`` may
+        have any width ``d``, e.g. already projected ``[k | v]`` rows).
 
         Group ``g``'s keys are the packed rows of groups ``g - n .. g + n`` of the same sample, so a query only
         ever sees ``W * M`` keys: the cost is ``O(N * W * M * d)``, never ``O(N_v * N_a)`` over the clip.
