@@ -1,26 +1,79 @@
 #!/usr/bin/env python
-"""`make demo`: run the compressed thinker on tiny random inputs and print what each method kept."""
+"""`make demo`: the main job on the embedded default, ToyWorld and the pre-trained toy backbone, end to end.
+
+1. ToyWorld into ``runs/toyworld`` (8,000 train + 1,000 test real .mp4 clips, seed 0), when it is not there:
+       python -m fusion.data.toyworld --out runs/toyworld --n-train 8000 --n-test 1000 --seed 0
+2. the learned fusion block + LoRA on the frozen toy backbone at 25 % retention, when ``runs/fusion/adapter`` is
+   not there (DeepSpeed ZeRO-2 on the CPU through the launcher, or one plain process with ``--no-launcher``):
+       deepspeed train/run.py --config configs/fusion.yaml
+3. every method at 25 % and 10 % retention, the uncompressed backbone and the trained block, on the 1,000 test clips:
+       python eval/run.py --config configs/eval_toy.yaml
+4. prints ``runs/eval_toy/results.md`` (its plot: ``runs/eval_toy/accuracy_vs_retention.png``).
+
+Each step is the documented command, run as a child process from the repository root, so what the demo does is what
+a user types. A rerun skips the finished steps (the evaluation resumes from its ``samples.jsonl``); ``--retrain``
+trains the block again.
+"""
 
 from __future__ import annotations
 
-import torch
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from fusion import METHODS, load_model
-from fusion.testing import random_inputs
+REPO = Path(__file__).resolve().parents[1]
+TOYWORLD = Path("runs/toyworld")
+TRAIN_DIR = Path("runs/fusion")
+EVAL_DIR = Path("runs/eval_toy")
 
 
-def main() -> None:
-    model, _ = load_model("tiny-random")
-    inputs = random_inputs(model, seconds=6, batch_size=2, seed=0)
-    print("| method | retention | video kept | audio kept | sequence |\n|---|---|---|---|---|")
-    for name in ("none", "uniform", "random"):
-        for retention in ((1.0,) if name == "none" else (0.25, 0.1)):
-            model.set_compressor(METHODS.build(name, retention=retention))
-            with torch.no_grad():
-                model(**inputs)
-            for row in model.last_stats.rows():
-                kept = [f"{row[k + '_after']}/{row[k + '_before']}" for k in ("video", "audio", "sequence")]
-                print(f"| {name} | {retention} | " + " | ".join(kept) + " |")
+def run(step: str, command: list[str]) -> None:
+    """Run one documented command from the repository root; stop the demo with its exit status if it fails."""
+    print(f"\n== {step}\n$ {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    status = subprocess.call([sys.executable if c == "python" else c for c in command], cwd=REPO)
+    if status:
+        sys.exit(f"demo: step '{step}' failed with exit status {status}; its output is above")
+    print(f"== {step}: done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def deepspeed_launcher() -> list[str] | None:
+    """``deepspeed`` next to this interpreter (the venv's), else None."""
+    launcher = Path(sys.executable).parent / "deepspeed"
+    return [str(launcher)] if launcher.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--retrain", action="store_true", help="train the block again even if its adapter exists")
+    parser.add_argument("--no-launcher", action="store_true", help="train in one plain process (no deepspeed)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+    if not all((REPO / TOYWORLD / f"{split}.jsonl").is_file() for split in ("train", "test")):
+        run("generate ToyWorld", ["python", "-m", "fusion.data.toyworld", "--out", str(TOYWORLD),
+                                  "--n-train", "8000", "--n-test", "1000", "--seed", "0"])
+
+    adapter = TRAIN_DIR / "adapter"  # where configs/eval_toy.yaml's `fusion` entry reads it
+    if args.retrain and (REPO / TRAIN_DIR).exists():
+        shutil.rmtree(REPO / TRAIN_DIR)
+    if not (REPO / adapter / "adapter_model.safetensors").is_file():
+        launcher = None if args.no_launcher else deepspeed_launcher()
+        script = ["train/run.py", "--config", "configs/fusion.yaml", f"train.output_dir={TRAIN_DIR}"]
+        run("train the fusion block", [*(launcher or ["python"]), *script])
+    else:
+        print(f"\n== train the fusion block: {adapter} exists (pass --retrain to train again)")
+
+    run("compare every method", ["python", "eval/run.py", "--config", "configs/eval_toy.yaml",
+                                 f"run.output_dir={EVAL_DIR}"])
+    results = REPO / EVAL_DIR / "results.md"
+    print(f"\n{results.read_text()}\nwritten: {results}, {results.with_name('accuracy_vs_retention.png')}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ from train.optim import lr_factor, parameter_groups
 from train.run import check_resumable
 from train.sources import build_source
 
-SMALL = ["fusion.dim=32", "fusion.scorer_hidden=16", "data.synthetic.n_samples=4"]
+# the recipe's defaults train the toy backbone on ToyWorld; the tests use the tiny random thinker on synthetic data
+SMALL = ["model.name=tiny-random", "data.source=synthetic", "train.micro_batch_size=2", "fusion.dim=32",
+         "fusion.scorer_hidden=16", "data.synthetic.n_samples=4"]
 
 
 def _cfg(*overrides):
@@ -146,3 +148,9 @@ def test_resume_refuses_settings_that_change_the_trajectory():
         check_resumable(saved, to_dict(_cfg("fusion.retention=0.5")))
     with pytest.raises(ConfigError, match="data.seed"):
         check_resumable(saved, to_dict(_cfg("data.seed=3")))
+
+
+@pytest.mark.parametrize("schedule", ["[0.1, 0]", "[1.5]", "[.nan]"])
+def test_a_retention_schedule_outside_0_1_is_a_config_error(schedule):
+    with pytest.raises(ConfigError, match=r"train.retentions: every entry must be in \(0, 1\]"):
+        _cfg(f"train.retentions={schedule}")

@@ -30,10 +30,12 @@ from train.sources import build_source
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
-COMMON = ["fusion.dim=32", "fusion.scorer_hidden=16", "fusion.instruction=true", "data.synthetic.n_samples=6",
+COMMON = ["model.name=tiny-random", "data.source=synthetic", "fusion.dim=32", "fusion.scorer_hidden=16",
+          "fusion.instruction=true", "data.synthetic.n_samples=6",
           f"train.steps={STEPS}", "train.save_every=2", "train.log_every=1", "train.micro_batch_size=2",
           "optim.warmup_steps=0", "optim.lr=5e-3", "optim.block_lr=5e-3", "train.progress=false",
-          "wandb.enabled=false"]
+          "wandb.enabled=false", "train.retentions=[0.5,0.25]"]  # the block alternates budgets: 50 %, 25 %, ...
+SCHEDULE = [0.5, 0.25]
 
 
 def _free_port() -> int:
@@ -85,7 +87,9 @@ def test_launcher_run_writes_the_run_directory_and_log_lines(runs):
     metrics = _metrics(run_dir)
     assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
     assert metrics[-1]["loss"] < metrics[0]["loss"]  # the answer is learnable: the loss drops
-    assert all(m["video_kept"] + m["audio_kept"] < 0.3 * (m["video_total"] + m["audio_total"]) for m in metrics)
+    kept = [(m["video_kept"] + m["audio_kept"]) / (m["video_total"] + m["audio_total"]) for m in metrics]
+    assert all(abs(k - SCHEDULE[i % 2]) < 0.03 for i, k in enumerate(kept)), kept  # ceil(r * N) per sample
+    assert json.loads((run_dir / "adapter" / "fusion_config.json").read_text())["block"]["retention"] == 0.25
 
     checkpoints = run_dir / "checkpoints"
     assert (checkpoints / "latest").read_text() == f"step-{STEPS:06d}"

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -145,6 +146,10 @@ class TrainConfig:
     """bf16 mixed precision; null = bf16 on GPU, fp32 on CPU."""
     cpu_shm_op: bool = False
     """Build DeepSpeed's shared-memory all-reduce op on CPU (only DeepSpeed inference uses it; ~20 s JIT build)."""
+    retentions: list[float] = field(default_factory=list)
+    """Retention schedule of the block while training: step s keeps ``retentions[s % len]`` (cycled, so a resumed
+    run sees the same schedule); empty = ``fusion.retention`` every step. One adapter trained on, e.g., [0.1, 0.25]
+    serves both budgets; the adapter still records ``fusion.retention`` as its default."""
     probe: bool = True
     """At the end, save the trained model's answer-position logits on the first batch (final_probe.safetensors)."""
 
@@ -152,6 +157,9 @@ class TrainConfig:
         for name in ("steps", "micro_batch_size", "grad_accum", "save_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise invalid(name, f"must be >= 1, got {getattr(self, name)}")
+        for r in self.retentions:
+            if isinstance(r, bool) or not (isinstance(r, (int, float)) and math.isfinite(r) and 0 < r <= 1):
+                raise invalid("retentions", f"every entry must be in (0, 1] (the fraction KEPT), got {r!r}")
         if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
             raise invalid("stop_after", f"must be in [1, steps={self.steps}] or null, got {self.stop_after}")
 

@@ -152,6 +152,8 @@ class FusionRecipe:
         from train.logs import StepMetrics
 
         cfg, t0 = self.cfg, time.perf_counter()
+        if cfg.train.retentions:
+            self.set_retention(cfg.train.retentions[step % len(cfg.train.retentions)])
         lrs = dict(zip((g["name"] for g in self.scheduler.optimizer.param_groups), self.scheduler.get_last_lr()))
         totals = torch.zeros(7, dtype=torch.float64)  # loss, ce, kd, video kept/total, audio kept/total
         for micro in range(cfg.train.grad_accum):
@@ -186,6 +188,14 @@ class FusionRecipe:
                            step_ms=1000 * (time.perf_counter() - t0), video_kept=int(totals[3]),
                            video_total=int(totals[4]), audio_kept=int(totals[5]), audio_total=int(totals[6]))
 
+    def set_retention(self, retention: float) -> None:
+        """The block's retention (every copy PEFT holds: the trained one and the original)."""
+        from fusion.block.block import FusionBlock
+
+        for module in self.engine.module.modules():
+            if isinstance(module, FusionBlock) and module.retention != retention:
+                module.set_retention(retention)
+
     def train(self) -> bool:
         """Run the remaining steps; False when ``train.stop_after`` stopped the run early."""
         from train.checkpoint import save_checkpoint
@@ -203,6 +213,7 @@ class FusionRecipe:
             if cfg.train.stop_after is not None and done == cfg.train.stop_after and done < cfg.train.steps:
                 self.log.info(f"stopping after step {done} (train.stop_after): no export, as if the job were killed")
                 return False
+        self.set_retention(cfg.fusion.retention)  # the adapter's default, whatever the schedule ended on
         return True
 
     # ------------------------------------------------------------------ outputs
