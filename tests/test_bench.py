@@ -248,3 +248,17 @@ def test_tiny_run_writes_the_documented_json(tmp_path):
         assert set(row["stages"]) == {"total", "video_encoder", "audio_encoder", "select", "llm", "other"}
     assert data["meta"]["command"].startswith("python scripts/bench_prefill.py --model tiny-random")
     assert "| uniform | 0.5 |" in (tmp_path / "r.md").read_text()
+
+
+def test_block_width_shrinks_with_the_decoder_on_the_scaled_config():
+    """d = 256 * D_scaled / D_real rounded to a multiple of the 4 heads: 7B (3584 -> 512) gives 36.6 -> 36, 3B
+    (2048 -> 512) gives 64; the real size keeps the defaults; --block-dim wins."""
+    from fusion.bench.prefill import CPU_SIZE, block_size
+    from fusion.model.configs import scaled_config
+
+    assert block_size("qwen2_5_omni_7b", scaled_config("qwen2_5_omni_7b", **CPU_SIZE), "scaled", None) == \
+        {"dim": 36, "scorer_hidden": 36}
+    assert block_size("qwen2_5_omni_3b", scaled_config("qwen2_5_omni_3b", **CPU_SIZE), "scaled", None) == \
+        {"dim": 64, "scorer_hidden": 64}
+    assert block_size("qwen2_5_omni_7b", None, "real", None) == {}
+    assert block_size("qwen2_5_omni_7b", None, "scaled", 128) == {"dim": 128, "scorer_hidden": 128}

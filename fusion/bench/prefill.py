@@ -14,7 +14,8 @@ is the test model.
 default: 60 s (8,640 video + 1,500 audio tokens); CPU default: :data:`CPU_SECONDS` at 336 px.
 
 **Cases.** ``none`` (the uncompressed baseline), every pre-LLM method at each retention, FastV (acts inside the
-LLM), the learned block untrained (``fusion``; its speed does not depend on training). A method that cannot reach a
+LLM), the learned block untrained (``fusion``; its speed does not depend on training; on the scaled config its width
+d shrinks with the decoder's, see :func:`block_size`). A method that cannot reach a
 retention with its defaults is retried with :data:`REACH` (noted in the row) or listed as skipped with the reason.
 
 **Measured per case**, interleaved (rotated order each round; a method and its ideal run back to back, alternating
@@ -148,15 +149,33 @@ def plan(args) -> tuple[list[tuple[str, float]], list[dict]]:
     return run, skipped
 
 
-def calibrate_case(bench: Bench, name: str, r: float) -> tuple[object, dict, dict, str]:
+def block_size(model_name: str, model_config, size: str, block_dim: int | None) -> dict:
+    """The learned block's widths for this run: ``--block-dim`` if given; at the real size the block's defaults
+    (d = 256); on the scaled config d and the scorer's hidden width shrink with the decoder
+    (d = 256 * D_scaled / D_real, a multiple of the heads), so the block weighs against the LLM as it does at
+    the real size (``{}`` = the defaults)."""
+    from fusion.block.config import FusionConfig
+
+    default = FusionConfig()
+    if block_dim is None and size != "scaled":
+        return {}
+    if block_dim is None:
+        real = real_config(model_name).get_text_config().hidden_size
+        ratio = model_config.get_text_config().hidden_size / real
+        block_dim = max(default.heads, round(default.dim * ratio / default.heads) * default.heads)
+    return {"dim": block_dim, "scorer_hidden": block_dim}
+
+
+def calibrate_case(bench: Bench, name: str, r: float, params: dict | None = None) -> tuple[object, dict, dict, str]:
     """``(compressor, calibration, params, note)``, retrying with :data:`REACH` after a RetentionError."""
+    params = params or {}
     try:
-        compressor = METHODS.build(name, retention=r)
-        return compressor, bench.calibrate(compressor), {}, ""
+        compressor = METHODS.build(name, retention=r, **params)
+        return compressor, bench.calibrate(compressor), params, ""
     except RetentionError as err:
         if name not in REACH:
             raise
-        params = REACH[name]
+        params = {**params, **REACH[name]}
         compressor = METHODS.build(name, retention=r, **params)
         note = f"{params} (defaults cannot reach r: {str(err).split(':')[0]})"
         return compressor, bench.calibrate(compressor), params, note
@@ -211,6 +230,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--frame-size", type=int, default=336, help="frame side in px (336 -> 144 video tokens/grid)")
     p.add_argument("--methods", nargs="+", default=None, help="registry names (default: every pre-LLM method, "
                    "then fastv and fusion)")
+    p.add_argument("--block-dim", type=int, default=None, help="the learned block's width d (default: 256 at the "
+                   "real size; on the scaled CPU config shrunk with the decoder width, see block_size)")
     p.add_argument("--retentions", nargs="+", type=float, default=[0.35, 0.2, 0.1])
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (medians)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds before them")
@@ -243,6 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(args, device, dtype, size)
     bench = Bench(model, make_inputs(model, args.seconds, args.frame_size, device, dtype), device)
     todo, skipped = plan(args)
+    block = block_size(args.model, model.config, size, args.block_dim)
     meta = {"environment": environment(device, dtype, args.attn),
             "command": "python scripts/bench_prefill.py " + shlex.join(sys.argv[1:] if argv is None else argv),
             "device": device.type, "dtype": str(dtype).removeprefix("torch."), "attn": args.attn,
@@ -265,7 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
         cases = []
         for name, r in todo:
             try:
-                compressor, info, params, note = calibrate_case(bench, name, r)
+                compressor, info, params, note = calibrate_case(bench, name, r,
+                                                                block if name == "fusion" else None)
             except AVFusionError as err:
                 skipped.append({"method": name, "retention": r, "reason": f"failed: {err}"})
                 continue
