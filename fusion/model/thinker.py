@@ -25,6 +25,7 @@ from fusion.model.hooked_generate import hooked_generate
 from fusion.model.hooked_lm import hooked_forward
 from fusion.model.keep import PrunedBatch, apply_keep
 from fusion.model.layout import SpecialIds
+from fusion.model.video_chunks import DEFAULT_CHUNK_GRIDS, encode_video_in_chunks
 from fusion.tokens import AVTokens, KeepStats
 
 
@@ -52,11 +53,16 @@ def _check_finite(name: str, tensor: Tensor | None) -> None:
 
 class CompressedThinker(Qwen2_5OmniThinkerForConditionalGeneration):
     """The HF thinker with a compressor. ``compressor`` is any ``AVTokens -> Selection`` callable; an
-    ``nn.Module`` compressor (the learned block) is registered as the submodule ``av_fusion``."""
+    ``nn.Module`` compressor (the learned block) is registered as the submodule ``av_fusion``.
+
+    ``video_chunk_grids``: the vision tower encodes at most this many temporal grids per call (exact, see
+    ``fusion.model.video_chunks``), so its peak memory follows the chunk instead of the clip; ``None`` = one call.
+    """
 
     def __init__(self, config) -> None:
         super().__init__(config)
         self._compressor = None
+        self.video_chunk_grids: int | None = DEFAULT_CHUNK_GRIDS
         self.last_stats: KeepStats | None = None
         self.last_tokens: AVTokens | None = None
 
@@ -155,7 +161,9 @@ class CompressedThinker(Qwen2_5OmniThinkerForConditionalGeneration):
         if pixel_values_videos is not None:
             if video_grid_thw is None:
                 raise InputMismatchError("pixel_values_videos needs video_grid_thw (the processor returns both)")
-            video = torch.cat(self.model.get_video_features(pixel_values_videos, video_grid_thw).pooler_output)
+            video = encode_video_in_chunks(  # (N_v, D)
+                lambda pixels, grid: torch.cat(self.model.get_video_features(pixels, grid).pooler_output),
+                pixel_values_videos, video_grid_thw, self.video_chunk_grids)
             embeds = self._scatter(embeds, input_ids, ids.video, video, "video")
         if pixel_values is not None:
             image = torch.cat(self.model.get_image_features(pixel_values, image_grid_thw).pooler_output)
