@@ -8,7 +8,8 @@
        deepspeed train/run.py --config configs/fusion.yaml
 3. every method at 25 % and 10 % retention, the uncompressed backbone and the trained block, on the 1,000 test clips:
        python eval/run.py --config configs/eval_toy.yaml
-4. prints ``runs/eval_toy/results.md`` (its plot: ``runs/eval_toy/accuracy_vs_retention.png``).
+4. ends with the table of ``runs/eval_toy/results.md`` (printed by the harness; its plot:
+   ``runs/eval_toy/accuracy_vs_retention.png``).
 
 Each step is the documented command, run as a child process from the repository root, so what the demo does is what
 a user types. A rerun skips the finished steps (the evaluation resumes from its ``samples.jsonl``); ``--retrain``
@@ -72,8 +73,8 @@ def main(argv: list[str] | None = None) -> None:
 
     run("compare every method", ["python", "eval/run.py", "--config", "configs/eval_toy.yaml",
                                  f"run.output_dir={EVAL_DIR}"])
-    results = REPO / EVAL_DIR / "results.md"
-    print(f"\n{results.read_text()}\nwritten: {results}, {results.with_name('accuracy_vs_retention.png')}")
+    results = REPO / EVAL_DIR / "results.md"  # eval/run.py has just printed it
+    print(f"\ndemo done: {results} (the table above), {results.with_name('accuracy_vs_retention.png')}")
 
 
 if __name__ == "__main__":
