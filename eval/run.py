@@ -20,46 +20,32 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 if str(_HERE.parent) not in sys.path:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(_HERE.parent))
 
-import argparse  # noqa: E402
 import time  # noqa: E402
 
 from eval.config import EvalConfig  # noqa: E402
-from fusion.config import describe, load_config  # noqa: E402
-from fusion.errors import AVFusionError  # noqa: E402
+from fusion.cli import parse_recipe, recipe_parser, run_reporting_errors  # noqa: E402
+from fusion.config import load_config  # noqa: E402
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="eval/run.py", description=__doc__.split("\n\n")[0], add_help=False,
-                                     epilog="Overrides are dotted.key=value pairs, e.g. data.limit=50 "
-                                            "scoring.mode=generate run.output_dir=runs/eval2.")
-    parser.add_argument("--config", help="YAML recipe (e.g. configs/eval_toy.yaml)")
-    parser.add_argument("-h", "--help", action="store_true", help="show the options and every config key")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value")
-    args = parser.parse_args(argv)
-    if args.help:
-        parser.print_help()
-        print("\nconfig keys:\n  " + "\n  ".join(describe(EvalConfig)))
-        raise SystemExit(0)
-    return args
+def evaluate(config: str | None, overrides: list[str]) -> None:
+    """Run the matrix, write the outputs, print the table."""
+    from eval.report import write_outputs
+    from eval.runner import Runner
+
+    cfg = load_config(EvalConfig, config, overrides)
+    start = time.perf_counter()
+    runner = Runner(cfg)
+    runner.run()
+    paths = write_outputs(runner.results(), runner.run_dir)
+    print(paths["md"].read_text())
+    print(f"wrote {', '.join(str(p) for p in paths.values())} ({time.perf_counter() - start:.1f} s)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        from eval.report import write_outputs
-        from eval.runner import Runner
-
-        cfg = load_config(EvalConfig, args.config, args.overrides)
-        start = time.perf_counter()
-        runner = Runner(cfg)
-        runner.run()
-        paths = write_outputs(runner.results(), runner.run_dir)
-        print(paths["md"].read_text())
-        print(f"wrote {', '.join(str(p) for p in paths.values())} ({time.perf_counter() - start:.1f} s)")
-    except AVFusionError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+    parser = recipe_parser("eval/run.py", __doc__.split("\n\n")[0], "configs/eval_toy.yaml",
+                           "data.limit=50 scoring.mode=generate run.output_dir=runs/eval2")
+    args = parse_recipe(parser, EvalConfig, argv)
+    return run_reporting_errors(lambda: evaluate(args.config, args.overrides))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from fusion.config import describe, dump_yaml, load_config, to_dict  # noqa: E402
-from fusion.errors import AVFusionError, ConfigError  # noqa: E402
+from fusion.cli import parse_recipe, recipe_parser, run_reporting_errors  # noqa: E402
+from fusion.config import dump_yaml, load_config, to_dict  # noqa: E402
+from fusion.errors import ConfigError  # noqa: E402
 from train.config import RunConfig  # noqa: E402
 
 HEADER = "Resolved config of this run; rerun with: deepspeed train/run.py --config {path} [key=value ...]"
@@ -36,20 +37,11 @@ RESUMABLE_CHANGES = ("train.resume", "train.stop_after", "train.steps", "train.l
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="train/run.py", description="Train the fusion block (+ LoRA) on a frozen backbone.",
-        epilog="Overrides are dotted.key=value pairs after the options, e.g. fusion.retention=0.2 optim.lr=1e-4.",
-        add_help=False)
-    parser.add_argument("--config", help="YAML recipe (e.g. configs/fusion.yaml)")
+    parser = recipe_parser("train/run.py", "Train the fusion block (+ LoRA) on a frozen backbone.",
+                           "configs/fusion.yaml", "fusion.retention=0.2 optim.lr=1e-4")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
                         help="set by the DeepSpeed launcher (the process reads LOCAL_RANK)")
-    parser.add_argument("-h", "--help", action="store_true", help="show the options and every config key")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value")
-    args = parser.parse_args(argv)
-    if args.help:
-        parser.print_help()
-        print("\nconfig keys:\n  " + "\n  ".join(describe(RunConfig)))
-        raise SystemExit(0)
+    args = parse_recipe(parser, RunConfig, argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     return args
@@ -260,25 +252,24 @@ class FusionRecipe:
             torch.distributed.destroy_process_group()
 
 
+def train(config: str | None, overrides: list[str]) -> None:
+    """setup -> train -> probe -> export -> cleanup."""
+    cfg = load_config(RunConfig, config, overrides)
+    from train.distributed import single_process_env
+
+    single_process_env()
+    recipe = FusionRecipe(cfg, config)
+    recipe.setup()
+    if recipe.train():
+        if cfg.train.probe:
+            recipe.probe()
+        recipe.export()
+    recipe.cleanup()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = load_config(RunConfig, args.config, args.overrides)
-        from train.distributed import single_process_env
-
-        single_process_env()
-        recipe = FusionRecipe(cfg, args.config)
-        recipe.setup()
-        finished = recipe.train()
-        if finished:
-            if cfg.train.probe:
-                recipe.probe()
-            recipe.export()
-        recipe.cleanup()
-    except AVFusionError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+    return run_reporting_errors(lambda: train(args.config, args.overrides))
 
 
 if __name__ == "__main__":
