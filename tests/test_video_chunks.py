@@ -65,3 +65,11 @@ def test_the_thinker_encodes_in_chunks_with_the_same_logits(tiny):
     finally:
         model.video_chunk_grids = saved
     torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_a_chunk_below_one_grid_is_a_config_error(two_videos):
+    from fusion.errors import ConfigError
+
+    encode, pixels, grid, _ = two_videos
+    with pytest.raises(ConfigError, match="video_chunk_grids must be an integer >= 1"):
+        encode_video_in_chunks(encode, pixels, grid, 0)

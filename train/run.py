@@ -72,6 +72,7 @@ class FusionRecipe:
         self.run_dir = Path(cfg.train.output_dir)
         self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         self.main = self.rank == 0
+        self._blocks: list | None = None  # the block's copies (PEFT keeps the trained one and the original)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -182,11 +183,13 @@ class FusionRecipe:
 
     def set_retention(self, retention: float) -> None:
         """The block's retention (every copy PEFT holds: the trained one and the original)."""
-        from fusion.block.block import FusionBlock
+        if self._blocks is None:  # found once: the schedule calls this every step
+            from fusion.block.block import FusionBlock
 
-        for module in self.engine.module.modules():
-            if isinstance(module, FusionBlock) and module.retention != retention:
-                module.set_retention(retention)
+            self._blocks = [m for m in self.engine.module.modules() if isinstance(m, FusionBlock)]
+        for block in self._blocks:
+            if block.retention != retention:
+                block.set_retention(retention)
 
     def train(self) -> bool:
         """Run the remaining steps; False when ``train.stop_after`` stopped the run early."""

@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from fusion.errors import ConfigError
+
 #: temporal grids per chunk by default: 8 grids = 8 s at 2 fps (4,608 patches at 336 px), a GEMM size that keeps
 #: a GPU busy while a 60-s clip's encoder activations shrink ~7x.
 DEFAULT_CHUNK_GRIDS = 8
@@ -36,7 +38,7 @@ def encode_video_in_chunks(encode: Callable[[Tensor, Tensor], Tensor], pixel_val
     if chunk_grids is None or int(video_grid_thw[:, 0].max()) <= chunk_grids:
         return encode(pixel_values_videos, video_grid_thw)
     if chunk_grids < 1:
-        raise ValueError(f"chunk_grids must be >= 1 or None, got {chunk_grids}")
+        raise ConfigError(f"video_chunk_grids must be an integer >= 1 or None (one call), got {chunk_grids}")
     pieces, start = [], 0
     for t, h, w in video_grid_thw.tolist():  # one video at a time (a handful per batch)
         for t0 in range(0, t, chunk_grids):  # ceil(T / chunk) calls
