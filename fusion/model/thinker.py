@@ -25,6 +25,7 @@ from fusion.model.hooked_generate import hooked_generate
 from fusion.model.hooked_lm import hooked_forward
 from fusion.model.keep import PrunedBatch, apply_keep
 from fusion.model.layout import SpecialIds
+from fusion.model.packed_attention import use_packed_encoder_attention
 from fusion.model.video_chunks import DEFAULT_CHUNK_GRIDS, encode_video_in_chunks
 from fusion.tokens import AVTokens, KeepStats
 
@@ -57,10 +58,12 @@ class CompressedThinker(Qwen2_5OmniThinkerForConditionalGeneration):
 
     ``video_chunk_grids``: the vision tower encodes at most this many temporal grids per call (exact, see
     ``fusion.model.video_chunks``), so its peak memory follows the chunk instead of the clip; ``None`` = one call.
+    Encoders on ``sdpa`` run their windowed attention as one call per layer (``fusion.model.packed_attention``).
     """
 
     def __init__(self, config) -> None:
         super().__init__(config)
+        use_packed_encoder_attention(self.config)
         self._compressor = None
         self.video_chunk_grids: int | None = DEFAULT_CHUNK_GRIDS
         self.last_stats: KeepStats | None = None
