@@ -30,6 +30,16 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
 
 
+def per_sample_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``(loss, per_sample)``: :func:`cross_entropy` (mean over every answer token of the batch) and ``(B,)`` the
+    mean over each row's own answer tokens (0 for a row without any)."""
+    targets = labels[:, 1:]  # (B, L - 1): token t + 1 is predicted at t
+    token_loss = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), targets, ignore_index=IGNORE_INDEX,
+                                 reduction="none")  # (B, L - 1), 0 where ignored
+    counts = (targets != IGNORE_INDEX).sum(1)  # (B,)
+    return token_loss.sum() / counts.sum().clamp(min=1), token_loss.sum(1) / counts.clamp(min=1)
+
+
 def distillation(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
     """``T^2 * mean_t KL(softmax(z^T_t / T) || softmax(z^S_t / T))`` over matching ``(n, V)`` answer-position rows."""
     if student.shape[0] == 0:
