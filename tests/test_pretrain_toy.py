@@ -38,11 +38,11 @@ def _pretrain(tmp_path: Path, name: str, *extra: str) -> dict:
 
 def test_two_processes_train_what_one_process_trains(tmp_path):
     """Same seed, same batches (every rank draws the whole batch and takes its half), gradients averaged over the
-    ranks: after 3 steps the weights match the one-process run to float precision, far closer than either is to
-    the initial weights."""
+    ranks, per-sample losses gathered in batch order for the loss-balanced sampler: after 4 steps the weights match
+    the one-process run to float precision, far closer than either is to the initial weights."""
     init = _pretrain(tmp_path, "init", "--steps", "0")
-    one = _pretrain(tmp_path, "one", "--steps", "3", "--procs", "1")
-    two = _pretrain(tmp_path, "two", "--steps", "3", "--procs", "2")
+    one = _pretrain(tmp_path, "one", "--steps", "4", "--procs", "1", "--sampling", "loss")
+    two = _pretrain(tmp_path, "two", "--steps", "4", "--procs", "2", "--sampling", "loss")
     moved = max((one[k] - init[k]).abs().max().item() for k in init)
     apart = max((one[k] - two[k]).abs().max().item() for k in init)
     assert moved > 1e-3
