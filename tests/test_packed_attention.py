@@ -48,15 +48,20 @@ def test_without_windows_it_refuses_with_a_typed_error():
         packed_window_attention(_Module(), q, q, q, cu_seq_lens_q=None)
 
 
+def _attn(tower) -> str:
+    return tower.blocks[0].attn.config._attn_implementation if hasattr(tower, "blocks") else \
+        tower.layers[0].self_attn.config._attn_implementation
+
+
 def _pair(config):
-    """A thinker whose encoders run packed and a deep copy on transformers' per-window sdpa loop."""
-    packed = build_random_thinker(config, seed=0).train()
-    use_packed_encoder_attention(packed.config)
+    """A thinker whose encoders run packed and a copy on transformers' per-window sdpa loop."""
+    packed = build_random_thinker(config, seed=0).train()  # CompressedThinker: packed encoders on sdpa
     loop = copy.deepcopy(packed)
-    loop.config.vision_config._attn_implementation = "sdpa"
-    loop.config.audio_config._attn_implementation = "sdpa"
-    assert packed.model.visual.config._attn_implementation == PACKED_SDPA
-    assert loop.model.visual.config._attn_implementation == "sdpa"
+    for tower in (loop.model.visual, loop.model.audio_tower):  # the private config, shared by the tower's modules
+        tower.config._attn_implementation = "sdpa"
+    use_packed_encoder_attention(packed)  # again: a no-op on towers already packed
+    assert (_attn(packed.model.visual), _attn(packed.model.audio_tower)) == (PACKED_SDPA,) * 2
+    assert (_attn(loop.model.visual), _attn(loop.model.audio_tower)) == ("sdpa",) * 2
     return packed, loop
 
 
@@ -84,10 +89,14 @@ def test_encoders_match_the_per_window_loop(tiny, which):
             torch.testing.assert_close(param.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_the_thinker_uses_it_on_sdpa_and_keeps_eager(tiny):
-    assert tiny[0].config.vision_config._attn_implementation == PACKED_SDPA
-    assert tiny[0].config.audio_config._attn_implementation == PACKED_SDPA
-    config = copy.deepcopy(tiny[0].config)
-    config.vision_config._attn_implementation = config.audio_config._attn_implementation = "eager"
-    use_packed_encoder_attention(config)
-    assert (config.vision_config._attn_implementation, config.audio_config._attn_implementation) == ("eager",) * 2
+def test_the_thinker_uses_it_on_sdpa_and_keeps_eager_and_its_config_stays_sdpa():
+    from fusion import load_model
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    model, _ = load_model("toy")
+    assert (_attn(model.model.visual), _attn(model.model.audio_tower)) == (PACKED_SDPA,) * 2
+    assert model.config.vision_config._attn_implementation == "sdpa"  # private copies: the config is untouched
+    rebuilt = Qwen2_5OmniThinkerForConditionalGeneration(model.config)  # would look for a flash kernel otherwise
+    assert _attn(rebuilt.model.visual) == "sdpa"
+    eager, _ = load_model("toy", attn_implementation="eager")
+    assert (_attn(eager.model.visual), _attn(eager.model.audio_tower)) == ("eager",) * 2

@@ -12,10 +12,13 @@ Per window ``i`` of length ``n_i`` (padded to ``m = max n_i``; padding keys mask
     out[cu_i + t] = softmax(scaling * q[cu_i + t] . k[cu_i : cu_i + n_i]^T) v[cu_i : cu_i + n_i],  t < n_i
 
 which is exactly what the per-window loop computes (tests compare values and gradients with it).
-:func:`use_packed_encoder_attention` switches a thinker's vision and audio towers to it when they use ``sdpa``.
+:func:`use_packed_encoder_attention` switches a thinker's vision and audio towers to it when they use ``sdpa``
+(on private copies of their configs: the thinker's own config keeps ``sdpa``).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -62,10 +65,22 @@ def packed_window_attention(module, query: Tensor, key: Tensor, value: Tensor, a
 AttentionInterface.register(PACKED_SDPA, packed_window_attention)
 
 
-def use_packed_encoder_attention(config) -> None:
-    """Point the vision and audio sub-configs of a thinker ``config`` at :data:`PACKED_SDPA` where they use
-    ``sdpa`` (``eager`` stays: it is what you ask for to read attention weights; flash stays flash)."""
-    for name in ("vision_config", "audio_config"):
-        sub = getattr(config, name, None)
-        if sub is not None and sub._attn_implementation == "sdpa":
-            sub._attn_implementation = PACKED_SDPA
+def use_packed_encoder_attention(thinker) -> None:
+    """Run the vision and audio towers of ``thinker`` on :data:`PACKED_SDPA` where they use ``sdpa`` (``eager``
+    stays: it is what you ask for to read attention weights; flash stays flash).
+
+    Each tower and its submodules get a private copy of their config: ``thinker.config`` keeps saying ``sdpa``, so
+    a model built from it (or saved with it) never asks for a "flash" implementation, which transformers would look
+    for as a kernel. Switching later with ``thinker.set_attn_implementation`` does not reach the private copies;
+    call this again (or set ``tower.config._attn_implementation``) after it.
+    """
+    towers = [getattr(thinker.model, name, None) for name in ("visual", "audio_tower")]
+    for tower in towers:
+        if tower is None or tower.config._attn_implementation != "sdpa":
+            continue
+        shared = tower.config
+        private = copy.copy(shared)
+        private._attn_implementation = PACKED_SDPA
+        for module in tower.modules():  # the tower, its blocks and their attention layers
+            if getattr(module, "config", None) is shared:
+                module.config = private

@@ -63,7 +63,7 @@ class CompressedThinker(Qwen2_5OmniThinkerForConditionalGeneration):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        use_packed_encoder_attention(self.config)
+        use_packed_encoder_attention(self)
         self._compressor = None
         self.video_chunk_grids: int | None = DEFAULT_CHUNK_GRIDS
         self.last_stats: KeepStats | None = None
