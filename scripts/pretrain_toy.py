@@ -114,10 +114,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.procs < 1 or args.batch_size % args.procs:
         parser.error(f"--batch-size {args.batch_size} must split evenly over --procs {args.procs}")
     command = " ".join(["python scripts/pretrain_toy.py", *(argv if argv is not None else sys.argv[1:])])
-    prepare_data(args.data, toy_processor(), args.n_train, args.n_test, args.data_seed, _log)  # caches, once
     if args.procs == 1:
         train(0, args, command)
     else:
+        # generate and cache once here, so the ranks only load the caches
+        prepare_data(args.data, toy_processor(), args.n_train, args.n_test, args.data_seed, _log)
         with socket.socket() as s:  # a free port, so parallel runs on one machine coexist
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -198,7 +199,8 @@ def train(rank: int, args, command: str, port: int | None = None) -> None:
             average_gradients([p for p in model.parameters() if p.grad is not None], world)
             parts = [torch.empty_like(per_sample) for _ in range(world)]
             dist.all_gather(parts, per_sample)
-            per_sample, loss = torch.cat(parts), torch.cat(parts).mean()  # (B,) in batch order
+            per_sample = torch.cat(parts)  # (B,) in batch order
+            loss = per_sample.mean()
         if sampler is not None:
             sampler.update(index, per_sample)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
