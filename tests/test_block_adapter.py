@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from fusion import METHODS, load_model
 from fusion.block import attach_block, export_adapter
+from fusion.block.config import load_fusion_config
 from fusion.errors import AdapterMismatchError, MethodConfigError, RetentionError
 from fusion.model.configs import small_thinker_config
 from fusion.model.loading import tiny_processor
@@ -121,3 +122,18 @@ def test_malformed_adapters_and_wrong_methods_are_typed_errors(trained, tmp_path
         load_model("tiny-random", method="fusion", adapter=broken)
     with pytest.raises(MethodConfigError, match="method='fusion'"):
         load_model("tiny-random", method="uniform", adapter=directory)
+
+
+def test_an_adapter_saved_before_standardise_existed_loads_with_raw_scores(trained, tmp_path):
+    """``fusion_config.json`` files written before the ``standardise`` field keep their behaviour (raw scores)."""
+    _, directory = trained
+    old = tmp_path / "old"
+    old.mkdir()
+    payload = json.loads((directory / "fusion_config.json").read_text())
+    payload["block"].pop("standardise", None)
+    (old / "fusion_config.json").write_text(json.dumps(payload))
+    config, _ = load_fusion_config(old)
+    assert config.standardise is False
+    payload["block"]["standardise"] = True
+    (old / "fusion_config.json").write_text(json.dumps(payload))
+    assert load_fusion_config(old)[0].standardise is True

@@ -1,5 +1,6 @@
 """The block's selection: straight-through top-k (golden values, gradient), ceil(r * N) joint / per modality,
-sorted kept order, batch == alone, the scorer learning from the LM loss, training-free scorers, config errors."""
+sorted kept order, batch == alone, the scorer learning from the LM loss, per-modality standardised scores,
+training-free scorers, config errors."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import pytest
 import torch
 
 from fusion import METHODS
+from fusion.block.scorer import standardise_within
 from fusion.block.straight_through import straight_through_topk
 from fusion.errors import MethodConfigError
+from fusion.pruners.budget import keep_count
 from fusion.testing import random_inputs
 
 RETENTIONS = [0.1, 0.25, 0.5, 1.0]
@@ -125,6 +128,52 @@ def test_scorer_gets_a_gradient_through_the_compressed_thinker(tiny):
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
     assert grads["mlp.0.weight"].abs().sum() > 0 and grads["mlp.2.weight"].abs().sum() > 0
     assert block.gate.weight.grad.abs().sum() > 0  # the fusion branch learns too, starting from the gate
+
+
+def test_standardise_within_golden_values_and_degenerate_pools():
+    """Row 0: pool a = [1, 3] -> mean 2, var 1 -> [-1, 1]; pool b = [10, 10, 16] -> mean 12, var 8 -> [-1/sqrt2,
+    -1/sqrt2, sqrt2]; the text position stays 0. Row 1: a one-token pool gives 0 and an empty pool nothing."""
+    scores = torch.tensor([[1.0, 10.0, 3.0, 10.0, 16.0, 7.0], [5.0, 2.0, 0.0, 0.0, 0.0, 0.0]])
+    a = torch.tensor([[True, False, True, False, False, False], [True, False, False, False, False, False]])
+    b = torch.tensor([[False, True, False, True, True, False], [False] * 6])
+    z = standardise_within(scores, [a, b], eps=0.0)
+    r = 2 ** -0.5
+    torch.testing.assert_close(z, torch.tensor([[-1.0, -r, 1.0, -r, 2 ** 0.5, 0.0], [0.0] * 6]))
+
+
+def test_standardised_scores_ignore_an_offset_between_the_modalities(tiny):
+    """With ``standardise`` the joint top-k keeps the same tokens whatever constant is added to one modality's
+    scores, and no gradient reaches that offset (z has mean 0 per modality); with raw scores a large offset hands
+    the whole joint budget to that modality."""
+    model = tiny[0]
+    with torch.no_grad():
+        tokens = model.build_tokens(**random_inputs(model, seconds=5, batch_size=2, seed=4))
+    video = tokens.video_mask
+    kept_video = {}
+    for standardise in (True, False):
+        block = _block(model, 0.25, standardise=standardise)
+        raw = block.scorer.forward
+        offset = torch.zeros((), requires_grad=True)
+
+        def shifted(x, raw=raw, offset=offset):  # + offset on the video tokens (scores() calls the scorer on av)
+            return raw(x) + offset * video[tokens.av_mask].to(x.dtype)
+
+        block.scorer.forward = shifted
+        with torch.no_grad():
+            offset.fill_(0.0)
+            base = block(tokens).keep
+            offset.fill_(50.0)
+            moved = block(tokens).keep
+        selection = block(tokens)
+        selection.embeds.sum().backward()
+        kept_video[standardise] = int((moved & video).sum())
+        if standardise:
+            assert torch.equal(base, moved)
+            assert abs(offset.grad.item()) < 1e-5
+        else:
+            k = keep_count(tokens.av_mask.sum(1), 0.25)  # (B,) the joint budget of each row
+            assert (moved & video).sum(1).tolist() == torch.minimum(video.sum(1), k).tolist()
+    assert kept_video[True] < kept_video[False]
 
 
 @pytest.mark.parametrize("budget", ["modality", "joint"])

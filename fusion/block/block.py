@@ -6,6 +6,7 @@ Between the projectors and the LLM, for the ``N = N_v + N_a`` audio/video tokens
     h     <- FusionLayer(h)  x layers                              (bidirectional cross-attention per 2-s group)
     x'_i  = x_i + gamma * W_up LN(h_i)                             (gamma in R^D starts at exactly 0)
     s_i   = Scorer(x'_i)                                           (keep-score)
+    s_i   <- (s_i - mu_m) / sigma_m      over modality m of the sample (when ``standardise``)
     keep  = top-k(s) with k = ceil(r * N) over the joint pool (or ceil(r * N_m) per modality)
     out_i = x'_i * y_i,   y = y_hard + (y_soft - stopgrad(y_soft)) (straight-through; forward value 1 on kept)
 
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 from fusion.block.config import BaseIdentity, FusionConfig
 from fusion.block.cross_attention import CrossAttention
 from fusion.block.groups import GroupLayout
-from fusion.block.scorer import Scorer
+from fusion.block.scorer import Scorer, standardise_within
 from fusion.block.straight_through import straight_through_topk
 from fusion.errors import MethodConfigError
 from fusion.pruners.base import Compressor
@@ -168,7 +169,10 @@ class FusionBlock(nn.Module, Compressor):
         """``(B, L)`` keep-scores of the AV tokens (0 elsewhere, never read)."""
         av = tokens.av_mask
         out = torch.zeros(av.shape, dtype=torch.float32, device=embeds.device)
-        return out.index_put(av.nonzero(as_tuple=True), self.scorer(embeds[av]).float())
+        out = out.index_put(av.nonzero(as_tuple=True), self.scorer(embeds[av]).float())  # (B, L)
+        if self.config.standardise:
+            out = standardise_within(out, [tokens.video_mask, tokens.audio_mask])
+        return out
 
     def select(self, tokens: AVTokens) -> Selection:
         return self(tokens)
@@ -195,5 +199,5 @@ class FusionBlock(nn.Module, Compressor):
     def extra_repr(self) -> str:
         c = self.config
         return (f"retention={c.retention}, budget={c.budget}, scorer={c.scorer}, fused={c.fused}, "
-                f"instruction={c.instruction}, dim={c.dim}, heads={c.heads}, layers={c.layers}, "
+                f"instruction={c.instruction}, standardise={c.standardise}, dim={c.dim}, heads={c.heads}, layers={c.layers}, "
                 f"neighbours={c.neighbours}")

@@ -47,6 +47,13 @@ class FusionConfig:
     """Hidden width of the scorer MLP (D -> scorer_hidden -> 1)."""
     temperature: float = 1.0
     """Softmax temperature tau of the straight-through estimator: y_soft = softmax(s / tau)."""
+    standardise: bool = False
+    """Standardise the keep-scores within each modality of each sample, z = (s - mean) / std, before the top-k.
+    With the joint budget the split between video and audio then follows the shape of the two score
+    distributions, never an offset between them: the straight-through gradient along such an offset measures how
+    the loss reacts to scaling a whole modality's tokens, not their relevance, and on a sharp backbone it drove the
+    joint budget to one modality (README, ToyWorld). False (the value of adapters saved before it existed):
+    raw scores. Learned scorer only (a training-free scorer ranks by its own rule)."""
     init_seed: int = 0
     """Seed of the block's random initialisation (the gate starts at exactly zero regardless)."""
 
