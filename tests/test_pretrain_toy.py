@@ -29,7 +29,7 @@ def _pretrain(tmp_path: Path, name: str, *extra: str) -> dict:
     out = tmp_path / name
     cmd = [sys.executable, "scripts/pretrain_toy.py", "--data", str(tmp_path / "toyworld"), "--out", str(out),
            "--n-train", "8", "--n-test", "4", "--batch-size", "4", "--augment", "0", "--eval-every", "0",
-           "--log-every", "1", "--threads", "1", "--lr", "1e-3", "--warmup", "1", *extra]
+           "--log-every", "1", "--threads", "1", "--procs", "1", "--lr", "1e-3", "--warmup", "1", *extra]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
