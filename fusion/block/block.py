@@ -199,5 +199,5 @@ class FusionBlock(nn.Module, Compressor):
     def extra_repr(self) -> str:
         c = self.config
         return (f"retention={c.retention}, budget={c.budget}, scorer={c.scorer}, fused={c.fused}, "
-                f"instruction={c.instruction}, standardise={c.standardise}, dim={c.dim}, heads={c.heads}, layers={c.layers}, "
-                f"neighbours={c.neighbours}")
+                f"instruction={c.instruction}, standardise={c.standardise}, dim={c.dim}, heads={c.heads}, "
+                f"layers={c.layers}, neighbours={c.neighbours}")
