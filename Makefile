@@ -2,6 +2,9 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
+# every install goes through the lock (exact versions the suite last passed with); `make lock` refreshes it
+LOCK := requirements/constraints.txt
+PIP := $(PY) -m pip install --quiet -c $(LOCK)
 # the venv's bin first: DeepSpeed's JIT op builds need the pip-installed `ninja`
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export WANDB_MODE ?= offline
@@ -9,20 +12,21 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test install install-dev lint clean
+.PHONY: demo test install install-dev lint lock clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PIP) --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e .
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(VENV)/bin/python
+	$(PIP) -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e ".[dev,lmms]"
+$(VENV)/.installed-dev: pyproject.toml $(LOCK) | $(VENV)/bin/python
+	$(PIP) -e ".[dev,lmms]"
 	# lmms-eval's own pins (av<16, wandb==0.25.0, torchvision + CUDA torch) conflict with ours: no dependencies
-	$(PY) -m pip install --quiet --no-deps "lmms-eval>=0.6,<0.8"
+	# (the conflicts this leaves are listed in requirements/known-conflicts.txt; tests/test_environment.py checks)
+	$(PIP) --no-deps "lmms-eval>=0.6,<0.8"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
@@ -36,6 +40,10 @@ test: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check fusion train eval scripts tests
+
+# rebuild the lock in a scratch venv from pyproject.toml, run the suite on it, and only then replace it
+lock:
+	$(PYTHON) scripts/lock.py --python $(PYTHON)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
