@@ -45,6 +45,9 @@ class ToyWorldData:
     """Generator seed (clip i of the test split is drawn from [seed, 1, i])."""
     seconds: int = 4
     """Clip length in seconds (>= 4)."""
+    split: Literal["test", "val"] = "test"
+    """test: the reported split (generated when missing); val: the validation split for choosing recipes and
+    hyper-parameters (val.jsonl, written by ``python -m fusion.data.toyworld ... --n-val N``)."""
 
 
 @dataclass

@@ -20,12 +20,17 @@ from fusion.errors import ConfigError, DatasetError
 
 
 def load_toyworld(cfg: DataConfig, log=print) -> list[MCQSample]:
-    """ToyWorld's test split from ``cfg.toyworld.dir``, generated there first when it has no ``test.jsonl``."""
+    """ToyWorld's test split from ``cfg.toyworld.dir``, generated there first when it has no ``test.jsonl``; or its
+    validation split (``split: val``), which must exist."""
     from fusion.data.toyworld import ToyWorldConfig, generate
 
     t = cfg.toyworld
     root = Path(t.dir)
-    path = root / "test.jsonl"
+    path = root / f"{t.split}.jsonl"
+    if t.split == "val" and not path.is_file():
+        raise ConfigError(f"data.toyworld.split=val: {path} does not exist; write it with `python -m "
+                          f"fusion.data.toyworld --out {root} --n-train 0 --n-val 500 --n-test 0 --seed {t.seed}` "
+                          "(clips of other splits in the folder are kept)")
     if not path.is_file():
         log(f"generating ToyWorld's test split ({t.n_test} clips, seed {t.seed}) into {root}")
         generate(root, n_train=0, n_test=t.n_test, seed=t.seed, cfg=ToyWorldConfig(seconds=t.seconds))

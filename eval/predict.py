@@ -25,6 +25,7 @@ from eval.measure import Measure
 from eval.models import thinker_of
 from fusion.data.mcq import LETTERS
 from fusion.data.scoring import letter_token_ids, parse_letter, predict_from_output
+from fusion.errors import DatasetError
 from fusion.model.llm_hooks import layer_token_counts
 
 KEPT = ("video_before", "video_after", "audio_before", "audio_after", "sequence_before", "sequence_after")
@@ -41,8 +42,22 @@ def _generate(model, inputs: dict, max_new_tokens: int, pad_token_id: int):
     return model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_token_id)
 
 
+def tell_samples(model, prepared: Prepared) -> None:
+    """Give a scene-aware compressor (the ToyWorld ``evidence_oracle``) the batch's scenes and categories."""
+    compressor = thinker_of(model).compressor
+    if not hasattr(compressor, "set_batch"):
+        return
+    scenes = [s.extra.get("scene") for s in prepared.samples]
+    if any(scene is None for scene in scenes):
+        missing = next(s.id for s, scene in zip(prepared.samples, scenes) if scene is None)
+        raise DatasetError(f"method {compressor.name!r} reads each sample's ToyWorld scene, and sample {missing!r} "
+                           "has none (extra.scene); run it on the toyworld benchmark only")
+    compressor.set_batch(scenes, [s.category for s in prepared.samples])
+
+
 def warm_up(model, prepared: Prepared, cfg: EvalConfig, processor) -> None:
     """``cfg.scoring.warmup`` untimed calls of the kind the setting will be timed on."""
+    tell_samples(model, prepared)
     for _ in range(cfg.scoring.warmup):  # one warm-up call per iteration
         if cfg.scoring.mode == "logits" or cfg.scoring.time_prefill:
             _forward(model, prepared.inputs)
@@ -70,6 +85,7 @@ def run_batch(model, prepared: Prepared, setting: Setting, cfg: EvalConfig, proc
     """Score ``prepared`` with ``model`` (its compressor installed); one result dict per sample (module doc)."""
     inputs, samples = prepared.inputs, prepared.samples
     B = len(samples)
+    tell_samples(model, prepared)
     prefill_ms = generate_ms = None
     peak = 0.0
     responses: list[str | None] = [None] * B

@@ -152,10 +152,14 @@ class Selection:
             non-AV token (text, specials, images); padding is ignored.
         embeds: optional ``(B, L, D)`` replacement embeddings in the same layout as ``AVTokens.embeds``
             (merged or fused tokens, or embeddings multiplied by a straight-through gate). Only kept rows matter.
+        key_bias: optional ``(B, L)`` float additive attention bias on every kept token's key (``log y`` of a soft
+            keep ``y`` in (0, 1], 0 = fully kept): the relaxed selection of training, where every token stays in
+            the sequence and a dropped one is one the LLM hardly attends to. None = plain (hard) selection.
     """
 
     keep: Tensor
     embeds: Tensor | None = None
+    key_bias: Tensor | None = None
 
 
 @dataclass

@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
+from fusion import METHODS
 from fusion.data.batching import collate
+from fusion.data.mcq import MCQSample
 from fusion.data.evidence import EvidenceDropout, EvidenceOracle, evidence_mask
 from fusion.data.toyworld import generate_split
 
@@ -78,3 +80,34 @@ def test_dropout_drops_only_non_evidence(toy_tokens):
     assert torch.equal(none(tokens).keep, real)
     with pytest.raises(ValueError, match="set_batch"):
         EvidenceDropout().select(tokens)
+
+
+def test_joint_oracle_keeps_the_evidence_within_the_joint_budget(toy_tokens):
+    tokens, samples = toy_tokens
+    oracle = METHODS.build("evidence_oracle", retention=0.1, budget="joint")
+    oracle.set_batch([s.extra["scene"] for s in samples], [s.category for s in samples])
+    keep = oracle(tokens).keep & tokens.av_mask
+    evidence = oracle._evidence(tokens)
+    assert keep.sum(1).tolist() == [math.ceil(0.1 * 116)] * 4  # 16 video + 100 audio tokens per 4-s clip
+    n_evidence = evidence.sum(1)
+    kept_evidence = (keep & evidence).sum(1)
+    assert torch.equal(kept_evidence, torch.minimum(n_evidence, torch.full_like(n_evidence, math.ceil(0.1 * 116))))
+
+
+def test_the_harness_tells_the_oracle_its_scenes_and_refuses_samples_without_one(tmp_path):
+    from eval.predict import tell_samples
+    from fusion.errors import DatasetError
+
+    class Thinker:
+        compressor = METHODS.build("evidence_oracle", retention=0.25)
+
+    class Prepared:
+        samples = [MCQSample(id="a", video="a.mp4", question="q", options=["x", "y"], answer="A", category="beep_count",
+                             extra={"scene": {"squares": [None], "beeps": [None]}})]
+
+    model = Thinker()
+    tell_samples(model, Prepared)
+    assert model.compressor.categories == ["beep_count"]
+    Prepared.samples[0].extra = {}
+    with pytest.raises(DatasetError, match="ToyWorld scene"):
+        tell_samples(model, Prepared)

@@ -113,3 +113,29 @@ def test_bad_settings_are_config_errors(tmp_path):
         ToyWorldConfig(onset=(0.5, 0.95))
     with pytest.raises(ConfigError, match="even"):
         generate(tmp_path, 1, 1, cfg=ToyWorldConfig(size=57))
+
+
+def test_a_validation_split_is_added_beside_the_others_from_its_own_stream(tmp_path):
+    main(["--out", str(tmp_path), "--n-train", "2", "--n-test", "4", "--seed", "1"])
+    test_before = (tmp_path / "test.jsonl").read_text()
+    main(["--out", str(tmp_path), "--n-train", "0", "--n-val", "4", "--n-test", "0", "--seed", "1"])
+    assert (tmp_path / "test.jsonl").read_text() == test_before  # a split of size 0 is left alone
+    assert len(load_jsonl(tmp_path / "train.jsonl")) == 2
+    val, test = load_jsonl(tmp_path / "val.jsonl"), load_jsonl(tmp_path / "test.jsonl")
+    assert [s.id for s in val] == [f"val-{i:05d}" for i in range(4)]
+    assert [s.extra["scene"] for s in val] != [s.extra["scene"] for s in test]  # not the test clips renamed
+    info = json.loads((tmp_path / "toyworld.json").read_text())
+    assert (info["n_train"], info["n_val"], info["n_test"]) == (2, 4, 4)
+
+
+def test_the_harness_reads_the_validation_split_and_says_how_to_make_a_missing_one(tmp_path):
+    from eval.config import DataConfig
+    from eval.data import load_toyworld
+
+    main(["--out", str(tmp_path), "--n-train", "0", "--n-val", "2", "--n-test", "2", "--seed", "0"])
+    cfg = DataConfig()
+    cfg.toyworld.dir, cfg.toyworld.split = str(tmp_path), "val"
+    assert [s.id for s in load_toyworld(cfg)] == ["val-00000", "val-00001"]
+    (tmp_path / "val.jsonl").unlink()
+    with pytest.raises(ConfigError, match="--n-val"):
+        load_toyworld(cfg)

@@ -64,6 +64,11 @@ def check_resumable(saved: dict, current: dict, prefix: str = "") -> None:
                           "the same settings or start a new train.output_dir")
 
 
+def annealed_temperature(start: float, final: float, step: int, steps: int) -> float:
+    """Geometric schedule ``tau_t = tau_0 (tau_1 / tau_0)^(t / (T - 1))``: ``tau_0`` at step 0, ``tau_1`` at the last."""
+    return start * (final / start) ** (step / max(1, steps - 1))
+
+
 class FusionRecipe:
     """setup -> train -> export (torchtune-style); every rank runs it, rank 0 writes the run directory."""
 
@@ -147,6 +152,9 @@ class FusionRecipe:
         cfg, t0 = self.cfg, time.perf_counter()
         if cfg.train.retentions:
             self.set_retention(cfg.train.retentions[step % len(cfg.train.retentions)])
+        if cfg.fusion.temperature_final is not None:
+            self.set_temperature(annealed_temperature(cfg.fusion.temperature, cfg.fusion.temperature_final, step,
+                                                      cfg.train.steps))
         lrs = dict(zip((g["name"] for g in self.scheduler.optimizer.param_groups), self.scheduler.get_last_lr()))
         totals = torch.zeros(7, dtype=torch.float64)  # loss, ce, kd, video kept/total, audio kept/total
         for micro in range(cfg.train.grad_accum):
@@ -181,15 +189,24 @@ class FusionRecipe:
                            step_ms=1000 * (time.perf_counter() - t0), video_kept=int(totals[3]),
                            video_total=int(totals[4]), audio_kept=int(totals[5]), audio_total=int(totals[6]))
 
-    def set_retention(self, retention: float) -> None:
-        """The block's retention (every copy PEFT holds: the trained one and the original)."""
-        if self._blocks is None:  # found once: the schedule calls this every step
+    def fusion_blocks(self) -> list:
+        """Every copy of the block PEFT holds (the trained one and the original), found once."""
+        if self._blocks is None:  # the schedules call this every step
             from fusion.block.block import FusionBlock
 
             self._blocks = [m for m in self.engine.module.modules() if isinstance(m, FusionBlock)]
-        for block in self._blocks:
+        return self._blocks
+
+    def set_retention(self, retention: float) -> None:
+        """The block's retention (every copy PEFT holds: the trained one and the original)."""
+        for block in self.fusion_blocks():
             if block.retention != retention:
                 block.set_retention(retention)
+
+    def set_temperature(self, temperature: float) -> None:
+        """tau of the relaxed selection for this step (every copy of the block)."""
+        for block in self.fusion_blocks():
+            block.set_temperature(temperature)
 
     def train(self) -> bool:
         """Run the remaining steps; False when ``train.stop_after`` stopped the run early."""

@@ -10,6 +10,11 @@ Between the projectors and the LLM, for the ``N = N_v + N_a`` audio/video tokens
     keep  = top-k(s) with k = ceil(r * N) over the joint pool (or ceil(r * N_m) per modality)
     out_i = x'_i * y_i,   y = y_hard + (y_soft - stopgrad(y_soft)) (straight-through; forward value 1 on kept)
 
+With ``allocation`` the pool's budget is first split over its cells (modality x 2-s group) by a learned head and
+the top-``k_c`` scores of each cell are kept (``fusion/block/allocation.py``). With ``relaxation: soft`` training
+keeps every token and biases its key by ``log y_i`` (a sigmoid soft top-k, ``fusion/block/relaxed.py``), so the LM
+loss reaches every score and every cell's budget; evaluation is the hard selection in both cases.
+
 At initialisation ``gamma = 0``, so the fused tokens equal the inputs exactly and the block starts as a pure
 learned-score selector. Text tokens are never changed or dropped; kept tokens keep their original TMRoPE ids and
 order (``apply_keep`` does the slicing).
@@ -23,11 +28,14 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
+from fusion.block.allocation import (AllocationHead, CellLayout, cell_means, continuous_allocation,
+                                     integer_allocation, marginal_keep, rank_in_cells, topk_within_cells)
 from fusion.block.config import BaseIdentity, FusionConfig
 from fusion.block.cross_attention import CrossAttention
-from fusion.block.groups import GroupLayout
+from fusion.block.groups import GroupLayout, question_mask
+from fusion.block.relaxed import budget_logits, key_bias
 from fusion.block.scorer import Scorer, standardise_within
-from fusion.block.straight_through import straight_through_topk
+from fusion.block.straight_through import straight_through_gate, straight_through_topk
 from fusion.errors import MethodConfigError
 from fusion.pruners.base import Compressor
 from fusion.tokens import AVTokens, Selection
@@ -120,7 +128,11 @@ class FusionBlock(nn.Module, Compressor):
                 self.up = nn.Linear(dim, width)
                 self.gate = Gate(width)  # gamma: exactly zero at init -> identity
             self.scorer = Scorer(width, config.scorer_hidden) if config.scorer == "learned" else None
+            self.allocator = AllocationHead(width, config.scorer_hidden) if config.allocation else None
+        self.temperature = config.temperature  # the recipe anneals it (set_temperature)
         self.last_scores: Tensor | None = None  # (B, L) scores of the last call, for inspection
+        self.last_cells: CellLayout | None = None  # cells of the last coverage-aware call
+        self.last_allocation: Tensor | None = None  # (C,) its budgets: kappa (soft training) or k_c (hard)
 
     @staticmethod
     def _training_free_method(config: FusionConfig):
@@ -147,11 +159,17 @@ class FusionBlock(nn.Module, Compressor):
         self.retention = self.config.retention
         self.method = self._training_free_method(self.config)
 
+    def set_temperature(self, temperature: float) -> None:
+        """tau of the relaxed selection for the next training steps (the recipe's annealing schedule)."""
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
     # ------------------------------------------------------------------ fusion
-    def fuse(self, tokens: AVTokens) -> Tensor:
+    def fuse(self, tokens: AVTokens, layout: GroupLayout | None = None) -> Tensor:
         """``(B, L, D)`` embeddings with every AV token replaced by ``x + gamma * W_up LN(h)``; text untouched."""
         cfg = self.config
-        layout = GroupLayout.build(tokens, cfg.neighbours, cfg.instruction, self.base.turn_end_token_id)
+        layout = layout or GroupLayout.build(tokens, cfg.neighbours, cfg.instruction, self.base.turn_end_token_id)
         b, pos = layout.rows.unbind(1)
         x = tokens.embeds[b, pos]  # (N, D)
         h = self.down(self.norm_in(x))  # (N, d)
@@ -182,7 +200,9 @@ class FusionBlock(nn.Module, Compressor):
         av = tokens.av_mask
         if not bool(av.any()):
             return tokens.keep_all()
-        embeds = self.fuse(tokens) if self.config.fused else tokens.embeds  # (B, L, D)
+        cfg = self.config
+        layout = GroupLayout.build(tokens, cfg.neighbours, cfg.instruction, self.base.turn_end_token_id)
+        embeds = self.fuse(tokens, layout) if cfg.fused else tokens.embeds  # (B, L, D)
         text = tokens.attention_mask.bool() & ~av
         if self.method is not None:  # a training-free method chooses among the (fused) tokens
             view = copy.copy(tokens)  # shares the cached annotations (time groups, places)
@@ -191,13 +211,60 @@ class FusionBlock(nn.Module, Compressor):
             new = chosen.embeds if chosen.embeds is not None else (embeds if self.config.fused else None)
             return Selection(keep=chosen.keep, embeds=new)
         scores = self.scores(embeds, tokens)  # (B, L)
-        pools = [av] if self.config.budget == "joint" else [tokens.video_mask, tokens.audio_mask]
-        kept, gate = straight_through_topk(scores, pools, self.retention, self.config.temperature)
         self.last_scores = scores.detach()
+        pools = [av] if cfg.budget == "joint" else [tokens.video_mask, tokens.audio_mask]
+        if not (cfg.allocation or cfg.relaxation == "soft"):
+            kept, gate = straight_through_topk(scores, pools, self.retention, self.temperature)
+            return Selection(keep=text | kept, embeds=embeds * gate[..., None].to(embeds.dtype))
+        return self._select_in_cells(tokens, layout, embeds, scores, pools, text)
+
+    # ------------------------------------------------------------------ coverage-aware / relaxed selection
+    def _select_in_cells(self, tokens: AVTokens, layout: GroupLayout, embeds: Tensor, scores: Tensor,
+                         pools: list[Tensor], text: Tensor) -> Selection:
+        """Split each pool's budget over its cells (``allocation``; else one cell = the whole pool), then keep the
+        top-``k_c`` of every cell; in training with ``relaxation: soft``, the soft keep ``y`` as a key bias."""
+        cfg = self.config
+        cells = CellLayout.build(layout, tokens.batch_size, self.retention, joint=cfg.budget == "joint")
+        b, pos = layout.rows.unbind(1)
+        s = scores[b, pos]  # (N,)
+        if cfg.allocation:
+            unit, n_units = cells.token_cell, cells.n_cells  # (N,) cell of each token
+            logits = self.allocator(cell_means(embeds[b, pos], unit, n_units),
+                                    self._question_means(tokens)[cells.cell_pool_sample(layout)],
+                                    cells.cell_is_audio)  # (C,)
+            kappa = continuous_allocation(logits.float(), cells)  # (C,) sums to K_p
+        else:
+            unit, n_units = cells.cell_pool[cells.token_cell], cells.n_pools  # (N,) pool of each token
+            kappa = cells.pool_budget.float()
+        self.last_cells = cells
+        if self.training and torch.is_grad_enabled() and cfg.relaxation == "soft":  # never under no_grad (eval)
+            x = budget_logits(s, unit, n_units, kappa, temperature=self.temperature)  # (N,) sigmoid sums to kappa
+            self.last_allocation = kappa.detach()
+            bias = torch.zeros_like(scores).index_put((b, pos), key_bias(x))  # (B, L) log y
+            return Selection(keep=text | tokens.av_mask, embeds=embeds, key_bias=bias)
+        if self.training and torch.is_grad_enabled() and cfg.relaxation == "marginal":
+            y = marginal_keep(rank_in_cells(s, unit, n_units), unit, kappa)  # (N,) 1 / fraction / 0
+            self.last_allocation = kappa.detach()
+            kept = torch.zeros_like(text).index_put((b, pos), y > 0)  # (B, L)
+            bias = torch.zeros_like(scores).index_put((b, pos), y.clamp(min=1e-3).log())  # (B, L) log y on kept
+            gate = straight_through_gate(scores, kept, pools, self.temperature)  # the scores learn through it
+            return Selection(keep=text | kept, embeds=embeds * gate[..., None].to(embeds.dtype), key_bias=bias)
+        k = integer_allocation(kappa, cells) if cfg.allocation else cells.pool_budget  # (C,) or (P,)
+        self.last_allocation = k
+        kept = torch.zeros_like(text).index_put((b, pos), topk_within_cells(s, unit, k))  # (B, L)
+        if not self.training:
+            return Selection(keep=text | kept, embeds=embeds)
+        gate = straight_through_gate(scores, kept, pools, self.temperature)  # (B, L) forward 1 on kept
         return Selection(keep=text | kept, embeds=embeds * gate[..., None].to(embeds.dtype))
+
+    def _question_means(self, tokens: AVTokens) -> Tensor:
+        """``(B, D)`` mean input embedding of each sample's question tokens (0 without a question)."""
+        q = question_mask(tokens, self.base.turn_end_token_id).to(tokens.embeds.dtype)  # (B, L)
+        total = torch.einsum("bl,bld->bd", q, tokens.embeds)
+        return total / q.sum(1, keepdim=True).clamp(min=1)
 
     def extra_repr(self) -> str:
         c = self.config
         return (f"retention={c.retention}, budget={c.budget}, scorer={c.scorer}, fused={c.fused}, "
                 f"instruction={c.instruction}, standardise={c.standardise}, dim={c.dim}, heads={c.heads}, "
-                f"layers={c.layers}, neighbours={c.neighbours}")
+                f"layers={c.layers}, neighbours={c.neighbours}, allocation={c.allocation}, relaxation={c.relaxation}")

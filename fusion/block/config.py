@@ -54,6 +54,22 @@ class FusionConfig:
     the loss reacts to scaling a whole modality's tokens, not their relevance, and on a sharp backbone it drove the
     joint budget to one modality (README, ToyWorld). False (the value of adapters saved before it existed):
     raw scores. Learned scorer only (a training-free scorer ranks by its own rule)."""
+    allocation: bool = False
+    """Coverage-aware selection (``fusion/block/allocation.py``): a learned head splits each pool's budget over its
+    cells (one modality of one 2-s time group; the integer counts sum exactly to the budget), then the top-scored
+    tokens of each cell are kept. At initialisation every cell gets the pool's retention (an even spread).
+    False (adapters saved before it existed): one top-k over the whole pool."""
+    relaxation: Literal["ste", "soft", "marginal"] = "ste"
+    """How training differentiates the selection. ste: hard top-k forward, softmax straight-through backward
+    (dropped tokens get gradient only through the softmax normaliser; with ``allocation`` the budgets get none).
+    soft: every token stays in the sequence with the attention bias log y on its key, y = sigmoid((s - t) / tau)
+    with t solved so the kept mass is the budget (``fusion/block/relaxed.py``), so the LM loss reaches every
+    score and the allocation; tau is annealed from ``temperature`` to ``temperature_final``. marginal (with
+    ``allocation``): the hard per-cell top-k, plus each cell's next-best token at weight frac(kappa_c) (attention
+    bias log frac), so the budgets learn whether one more token of a cell helps; the scores learn through the
+    straight-through gate. Evaluation always uses the hard top-k."""
+    temperature_final: float | None = None
+    """tau at the last training step (geometric schedule from ``temperature``); None = constant tau."""
     init_seed: int = 0
     """Seed of the block's random initialisation (the gate starts at exactly zero regardless)."""
 
@@ -72,6 +88,16 @@ class FusionConfig:
             raise invalid("heads", f"dim={self.dim} is not divisible by heads={self.heads}; pick a divisor of dim")
         if not self.temperature > 0:
             raise invalid("temperature", f"must be > 0, got {self.temperature}")
+        if self.temperature_final is not None and not self.temperature_final > 0:
+            raise invalid("temperature_final", f"must be > 0 or null, got {self.temperature_final}")
+        if self.relaxation not in ("ste", "soft", "marginal"):
+            raise invalid("relaxation", f"must be 'ste', 'soft' or 'marginal', got {self.relaxation!r}")
+        if self.relaxation == "marginal" and not self.allocation:
+            raise invalid("relaxation", "'marginal' relaxes the per-cell budgets: it needs fusion.allocation=true")
+        if self.scorer != "learned" and (self.allocation or self.relaxation != "ste"):
+            raise invalid("allocation" if self.allocation else "relaxation",
+                          f"applies to the learned scorer only; fusion.scorer={self.scorer!r} ranks by its own rule "
+                          "(set fusion.allocation=false fusion.relaxation=ste)")
         if self.scorer != "learned":
             from fusion.pruners import METHODS
 

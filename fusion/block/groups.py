@@ -92,6 +92,7 @@ class GroupLayout:
         audio: packing of the audio rows by global group.
         question_rows: ``(Q, 2)`` (sample, position) of the question tokens, or None without pre-fusion.
         question: packing of the question rows by sample (``B`` batch rows), or None.
+        group: ``(N,)`` global group of every row.
     """
 
     rows: Tensor
@@ -103,6 +104,7 @@ class GroupLayout:
     audio: Packing
     question_rows: Tensor | None = None
     question: Packing | None = None
+    group: Tensor | None = None
 
     @property
     def n_groups(self) -> int:
@@ -132,7 +134,8 @@ class GroupLayout:
 
         is_video = tokens.modality[rows[:, 0], rows[:, 1]] == Modality.VIDEO  # (N,)
         layout = cls(rows=rows, is_video=is_video, group_sample=group_sample, window=src, window_valid=valid,
-                     video=make_packing(group[is_video], n_groups), audio=make_packing(group[~is_video], n_groups))
+                     video=make_packing(group[is_video], n_groups), audio=make_packing(group[~is_video], n_groups),
+                     group=group)
         if instruction:
             q_rows = question_mask(tokens, turn_end_token_id).nonzero()  # (Q, 2)
             layout.question_rows = q_rows

@@ -43,11 +43,17 @@ def straight_through_topk(scores: Tensor, pools: list[Tensor], retention: float,
     """
     s = scores.float()
     keep = torch.zeros_like(pools[0])
+    for pool in pools:  # one or two pools
+        keep = keep | topk_mask(s.detach(), pool, keep_count(pool.sum(1), retention))  # (B, L)
+    return keep, straight_through_gate(s, keep, pools, temperature)
+
+
+def straight_through_gate(scores: Tensor, keep: Tensor, pools: list[Tensor], temperature: float = 1.0) -> Tensor:
+    """``(B, L)`` float32 ``y = y_hard + (y_soft - stopgrad(y_soft))`` on pool positions (1 elsewhere), for a hard
+    ``keep`` chosen by any rule (a global or a per-cell top-k); ``y_soft = softmax(s / tau)`` over each pool."""
+    s = scores.float()
     gate = torch.ones_like(s)
     for pool in pools:  # one or two pools
-        hard = topk_mask(s.detach(), pool, keep_count(pool.sum(1), retention))  # (B, L)
         soft = masked_softmax(s / temperature, pool)  # (B, L)
-        y = hard.to(s.dtype) + (soft - soft.detach())
-        gate = torch.where(pool, y, gate)
-        keep = keep | hard
-    return keep, gate
+        gate = torch.where(pool, (keep & pool).to(s.dtype) + (soft - soft.detach()), gate)
+    return gate

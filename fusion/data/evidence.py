@@ -19,6 +19,7 @@ from fusion.data.toyworld import ToyWorldConfig
 from fusion.pruners.base import Compressor, select_by_scores
 from fusion.pruners.budget import Budget, keep_count
 from fusion.pruners.ranking import evenly_spaced_mask
+from fusion.pruners.registry import METHODS
 from fusion.tokens import AVTokens, Selection
 
 AUDIO_TOKEN_SECONDS = 0.04
@@ -80,15 +81,23 @@ class _SceneAware(Compressor):
         return evidence_mask(tokens, self.scenes, self.categories, self.cfg)
 
 
+@METHODS.register("evidence_oracle")
 class EvidenceOracle(_SceneAware):
-    """Keep ``ceil(r * N)`` tokens per modality: evidence first, then evenly spaced ones (scores ``evidence +
-    0.5 * evenly_spaced``; ties to the earlier token). What selection alone can reach at a given budget."""
+    """Keep ``ceil(r * N)`` tokens per modality (or of the joint pool, ``budget="joint"``): evidence first, then
+    evenly spaced ones (scores ``evidence + 0.5 * evenly_spaced``; ties to the earlier token). What selection alone
+    can reach at a given budget. ToyWorld only: the harness tells it each batch's scenes (``set_batch``).
+
+    Args:
+        retention: fraction kept, in (0, 1].
+        budget: ``"modality"`` (default) or ``"joint"`` (the learned block's budget: compare at the same total).
+    """
 
     name = "evidence_oracle"
 
-    def __init__(self, retention: float, cfg: ToyWorldConfig | None = None) -> None:
+    def __init__(self, retention: float, budget: str = "modality", cfg: ToyWorldConfig | None = None) -> None:
         super().__init__(cfg)
         self.retention = retention
+        self.budget = Budget.parse(budget, self.name)
 
     def select(self, tokens: AVTokens) -> Selection:
         if self.retention >= 1.0:
@@ -97,7 +106,7 @@ class EvidenceOracle(_SceneAware):
         for pool in (tokens.video_mask, tokens.audio_mask):
             spread |= evenly_spaced_mask(pool, keep_count(pool.sum(1), self.retention))
         scores = self._evidence(tokens).float() + 0.5 * spread.float()
-        return select_by_scores(tokens, scores, self.retention, Budget.MODALITY)
+        return select_by_scores(tokens, scores, self.retention, self.budget)
 
 
 class EvidenceDropout(_SceneAware):

@@ -1,8 +1,9 @@
 """ToyWorld: a generator of short real .mp4 clips (coloured squares, short tones) with multiple-choice questions.
 
-``python -m fusion.data.toyworld --out DIR --n-train 8000 --n-test 1000 --seed 0`` writes
-``DIR/videos/{train,test}-NNNNN.mp4``, ``DIR/train.jsonl``, ``DIR/test.jsonl`` (the MCQ schema of
-:mod:`fusion.data.mcq`) and ``DIR/toyworld.json`` (the settings).
+``python -m fusion.data.toyworld --out DIR --n-train 8000 --n-val 500 --n-test 1000 --seed 0`` writes
+``DIR/videos/{train,val,test}-NNNNN.mp4``, ``DIR/train.jsonl``, ``DIR/val.jsonl``, ``DIR/test.jsonl`` (the MCQ
+schema of :mod:`fusion.data.mcq`) and ``DIR/toyworld.json`` (the settings). ``val`` is for choosing recipes and
+hyper-parameters; ``test`` is reported once. The three splits draw from disjoint random streams.
 
 The world, per clip of ``seconds`` (default 4) seconds:
 
@@ -57,7 +58,7 @@ from fusion.errors import ConfigError
 COLOURS = {"red": (215, 40, 40), "green": (40, 190, 60), "blue": (45, 75, 225), "yellow": (225, 205, 40)}
 PITCHES = {"lowest": 300.0, "low": 600.0, "high": 1200.0, "highest": 2400.0}
 COUNTS = ("one", "two", "three", "four")
-SPLITS = {"train": 0, "test": 1}
+SPLITS = {"train": 0, "test": 1, "val": 2}  # the stream code of each split (train/test kept from v1)
 
 
 @dataclass(frozen=True)
@@ -238,16 +239,25 @@ def generate_split(out: str | Path, split: str, n: int, seed: int, cfg: ToyWorld
 
 
 def generate(out: str | Path, n_train: int, n_test: int, seed: int = 0, cfg: ToyWorldConfig | None = None,
-             progress: bool = False) -> dict[str, Path]:
-    """Write both splits and their JSONL files; return ``{"train": path, "test": path}``."""
+             progress: bool = False, n_val: int = 0) -> dict[str, Path]:
+    """Write the splits of non-zero size and their JSONL files (a split of size 0 is left as it is on disk, so a
+    validation split can be added to an existing folder); return ``{split: path}`` of the written ones."""
+    if min(n_train, n_test, n_val) < 0:
+        raise ConfigError(f"split sizes must be >= 0, got n_train={n_train}, n_val={n_val}, n_test={n_test}")
     cfg = cfg or ToyWorldConfig()
     out = Path(out)
     paths = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        paths[split] = save_jsonl(generate_split(out, split, n, seed, cfg, progress), out / f"{split}.jsonl")
-    info = {"seed": seed, "n_train": n_train, "n_test": n_test, "config": asdict(cfg),
-            "categories": [asdict(c) for c in CATEGORIES]}
-    (out / "toyworld.json").write_text(json.dumps(info, indent=2))
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        if n > 0:
+            paths[split] = save_jsonl(generate_split(out, split, n, seed, cfg, progress), out / f"{split}.jsonl")
+    info_path = out / "toyworld.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if info and (info.get("seed"), info.get("config")) != (seed, json.loads(json.dumps(asdict(cfg)))):
+        info = {}  # another world: the old counts do not describe these clips
+    info.update({"seed": seed, "config": asdict(cfg), "categories": [asdict(c) for c in CATEGORIES]})
+    info.update({f"n_{split}": n for split, n in (("train", n_train), ("val", n_val), ("test", n_test)) if n > 0})
+    out.mkdir(parents=True, exist_ok=True)
+    info_path.write_text(json.dumps(info, indent=2))
     return paths
 
 
@@ -255,15 +265,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fusion.data.toyworld", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--n-train", type=int, default=8000)
+    parser.add_argument("--n-val", type=int, default=0,
+                        help="validation clips (val.jsonl), for choosing recipes; the test split is reported once")
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seconds", type=int, default=4, help="clip length in seconds (>= 4)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     paths = generate(args.out, args.n_train, args.n_test, args.seed, ToyWorldConfig(seconds=args.seconds),
-                     progress=True)
-    print(f"wrote {args.n_train} train + {args.n_test} test clips to {args.out} "
-          f"({time.perf_counter() - start:.1f} s): {paths['train']}, {paths['test']}")
+                     progress=True, n_val=args.n_val)
+    print(f"wrote {args.n_train} train + {args.n_val} val + {args.n_test} test clips to {args.out} "
+          f"({time.perf_counter() - start:.1f} s): {', '.join(str(p) for p in paths.values())}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ class PrunedBatch:
         labels: ``(B, L')`` gathered labels (-100 on padding), or None.
         source_index: ``(B, L')`` index of each kept token in the unpruned sequence (-1 on padding).
         rope_deltas: ``(B, 1)`` ``max(kept ids) + 1 - n_kept``, so cache-based decoding continues at max + 1.
+        key_bias: ``(B, L')`` the selection's soft-keep attention bias gathered like the rest (0 on padding), or None.
     """
 
     inputs_embeds: Tensor
@@ -35,6 +36,7 @@ class PrunedBatch:
     labels: Tensor | None
     source_index: Tensor
     rope_deltas: Tensor
+    key_bias: Tensor | None = None
 
 
 def check_selection(selection: Selection, tokens: AVTokens) -> Tensor:
@@ -84,7 +86,7 @@ def apply_keep(
     if bool(keep.all()):
         source = torch.arange(L, device=keep.device).expand(B, L)
         return PrunedBatch(embeds, tokens.attention_mask, positions, tokens.input_ids, labels, source,
-                           _rope_deltas(positions, keep, count))
+                           _rope_deltas(positions, keep, count), selection.key_bias)
 
     width = int(count.max())
     slots = torch.arange(width, device=keep.device).expand(B, width)  # (B, L')
@@ -103,8 +105,9 @@ def apply_keep(
     input_ids = tokens.input_ids.gather(1, order).masked_fill(~valid, pad_token_id)
     pruned_labels = None if labels is None else labels.gather(1, order).masked_fill(~valid, IGNORE_INDEX)
     source = order.masked_fill(~valid, -1)
+    bias = None if selection.key_bias is None else selection.key_bias.gather(1, order).masked_fill(~valid, 0.0)
     return PrunedBatch(inputs_embeds, attention_mask, position_ids, input_ids, pruned_labels, source,
-                       _rope_deltas(positions, keep, count))
+                       _rope_deltas(positions, keep, count), bias)
 
 
 def _rope_deltas(position_ids: Tensor, keep: Tensor, count: Tensor) -> Tensor:

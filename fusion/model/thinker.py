@@ -18,7 +18,7 @@ from transformers.cache_utils import Cache
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from fusion.errors import InputMismatchError, NonFiniteFeaturesError
+from fusion.errors import InputMismatchError, NonFiniteFeaturesError, SelectionError
 from fusion.model.annotate import annotate_tokens
 from fusion.model.audio_attention import MODES, LastLayerInputRecorder, attention_received
 from fusion.model.hooked_generate import hooked_generate
@@ -26,6 +26,7 @@ from fusion.model.hooked_lm import hooked_forward
 from fusion.model.keep import PrunedBatch, apply_keep
 from fusion.model.layout import SpecialIds
 from fusion.model.packed_attention import use_packed_encoder_attention
+from fusion.model.soft_mask import soft_attention_mask
 from fusion.model.video_chunks import DEFAULT_CHUNK_GRIDS, encode_video_in_chunks
 from fusion.tokens import AVTokens, KeepStats
 
@@ -201,7 +202,10 @@ class CompressedThinker(Qwen2_5OmniThinkerForConditionalGeneration):
         selection = compressor(tokens)
         pad = self.config.get_text_config().pad_token_id or 0
         pruned = apply_keep(tokens, selection, labels=labels, padding_side=padding_side, pad_token_id=pad)
-        self.last_stats = KeepStats.from_keep(tokens, selection.keep)
+        counted = selection.keep  # a soft selection keeps every token: count those with y > 1/2 (log y > -log 2)
+        if selection.key_bias is not None:
+            counted = counted & (selection.key_bias > -0.6931471805599453)
+        self.last_stats = KeepStats.from_keep(tokens, counted)
         self.last_tokens = tokens
         self.model.rope_deltas = pruned.rope_deltas
         return pruned
@@ -242,12 +246,18 @@ class CompressedThinker(Qwen2_5OmniThinkerForConditionalGeneration):
                 use_audio_in_video=use_audio_in_video, position_ids=position_ids,
             )
             hook = self.llm_hook()
+            mask = pruned.attention_mask
+            if pruned.key_bias is not None:  # a relaxed selection (training): every token stays, log y on its key
+                if hook is not None or (past_key_values is not None and use_cache):
+                    raise SelectionError("a soft selection (key_bias) is for training forwards only: no in-LLM "
+                                         "hook, no cache; evaluate the block in eval() mode (hard top-k)")
+                mask = soft_attention_mask(pruned.attention_mask, pruned.key_bias, pruned.inputs_embeds.dtype)
             if hook is not None and hook.prefill_layer is not None:  # FastV-like: tokens drop inside the LLM
                 hidden, pruned = hooked_forward(self, self.last_tokens, pruned, hook, **kwargs)
                 outputs = BaseModelOutputWithPast(last_hidden_state=hidden)
             else:
                 outputs = self.model.language_model(
-                    inputs_embeds=pruned.inputs_embeds, attention_mask=pruned.attention_mask,
+                    inputs_embeds=pruned.inputs_embeds, attention_mask=mask,
                     position_ids=pruned.position_ids, past_key_values=past_key_values, use_cache=use_cache,
                     return_dict=True, **kwargs,
                 )

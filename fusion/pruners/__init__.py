@@ -2,6 +2,7 @@
 
 # importing a method's module registers it (one module per line keeps merges clean)
 from fusion.block import method as _fusion_block  # noqa: F401  (registers the learned block as 'fusion')
+from fusion.data import evidence as _evidence  # noqa: F401  (registers ToyWorld's 'evidence_oracle')
 from fusion.pruners import (
     audio_attn,  # noqa: F401
     compose,  # noqa: F401
