@@ -48,7 +48,7 @@ def canonical(name: str) -> str:
 
 
 def parse_pins(text: str) -> dict[str, str]:
-    """``name==version`` lines of a constraints/freeze text -> {canonical name: version}; comments/other lines skipped."""
+    """``name==version`` lines of a constraints/freeze text -> {canonical name: version}; other lines skipped."""
     pins: dict[str, str] = {}
     for line in text.splitlines():
         m = _PIN.match(line.strip())
@@ -86,7 +86,7 @@ def constraints_from_freeze(freeze: str) -> list[str]:
 
 
 def conflicts_from_pip_check(output: str) -> tuple[list[str], list[str]]:
-    """``pip check`` output -> (accepted, rejected) conflict lines; accepted = those of the lmms-eval --no-deps install."""
+    """``pip check`` output -> (accepted, rejected) conflict lines; accepted = the lmms-eval --no-deps install's."""
     accepted, rejected = [], []
     for raw in output.splitlines():
         line = raw.strip()
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         cand_constraints.replace(CONSTRAINTS)
         cand_conflicts.replace(KNOWN_CONFLICTS)
-        print(f"lock refreshed: {CONSTRAINTS.relative_to(ROOT)} ({len(pins)} packages); reinstall with `make clean test`")
+        print(f"lock refreshed: {CONSTRAINTS.relative_to(ROOT)} ({len(pins)} packages); "
+              "reinstall with `make clean test`")
         return 0
     finally:
         if args.keep_venv is None:

@@ -45,7 +45,6 @@ from fusion.data.curriculum import LossBalancedSampler
 from fusion.data.evidence import EvidenceDropout
 from fusion.model.loading import build_random_thinker
 from fusion.model.toy import ASSET_DIR, toy_config, toy_processor
-
 from train.loss import per_sample_cross_entropy, pruned_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -10,8 +10,13 @@ import pytest
 import torch
 
 from fusion import METHODS
-from fusion.block.allocation import (CellLayout, continuous_allocation, integer_allocation, marginal_keep,
-                                     topk_within_cells)
+from fusion.block.allocation import (
+    CellLayout,
+    continuous_allocation,
+    integer_allocation,
+    marginal_keep,
+    topk_within_cells,
+)
 from fusion.block.relaxed import key_bias, sigmoid_budget
 from fusion.errors import MethodConfigError
 from fusion.model.soft_mask import soft_attention_mask
@@ -42,6 +47,10 @@ def _random_cells(gen: torch.Generator, retention: float, joint: bool) -> CellLa
     return CellLayout(token_cell, size, pool, is_audio, pool_size, budget)
 
 
+def _per_pool(cells: CellLayout, values: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(cells.n_pools, dtype=values.dtype).index_add(0, cells.cell_pool, values)
+
+
 @pytest.mark.parametrize("joint", [True, False])
 def test_integer_allocation_sums_exactly_to_the_budget_for_every_layout(joint):
     gen = torch.Generator().manual_seed(0)
@@ -50,10 +59,9 @@ def test_integer_allocation_sums_exactly_to_the_budget_for_every_layout(joint):
         cells = _random_cells(gen, retention, joint)
         logits = 3 * torch.randn(cells.n_cells, generator=gen)
         kappa = continuous_allocation(logits, cells)
-        pools = lambda v: torch.zeros(cells.n_pools, dtype=v.dtype).index_add(0, cells.cell_pool, v)  # noqa: E731
-        torch.testing.assert_close(pools(kappa.double()), cells.pool_budget.double(), atol=1e-3, rtol=0)
+        torch.testing.assert_close(_per_pool(cells, kappa.double()), cells.pool_budget.double(), atol=1e-3, rtol=0)
         k = integer_allocation(kappa, cells)
-        assert torch.equal(pools(k), cells.pool_budget), (trial, k, cells.pool_budget)
+        assert torch.equal(_per_pool(cells, k), cells.pool_budget), (trial, k, cells.pool_budget)
         assert bool((k >= 0).all()) and bool((k <= cells.cell_size).all())
         assert bool(((kappa - k.float()).abs() < 1 + 1e-4).all())  # rounding moves each cell by less than one
         keep = topk_within_cells(torch.randn(cells.token_cell.numel(), generator=gen), cells.token_cell, k)

@@ -9,8 +9,8 @@ import torch
 
 from fusion import METHODS
 from fusion.data.batching import collate
-from fusion.data.mcq import MCQSample
 from fusion.data.evidence import EvidenceDropout, EvidenceOracle, evidence_mask
+from fusion.data.mcq import MCQSample
 from fusion.data.toyworld import generate_split
 
 

@@ -90,8 +90,9 @@ def test_encoders_match_the_per_window_loop(tiny, which):
 
 
 def test_the_thinker_uses_it_on_sdpa_and_keeps_eager_and_its_config_stays_sdpa():
-    from fusion import load_model
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    from fusion import load_model
 
     model, _ = load_model("toy")
     assert (_attn(model.model.visual), _attn(model.model.audio_tower)) == (PACKED_SDPA,) * 2

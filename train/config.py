@@ -172,6 +172,8 @@ class OptimConfig:
     """Learning rate of the LoRA weights."""
     block_lr: float | None = None
     """Learning rate of the fusion block (null = lr); the block is trained from scratch."""
+    scorer_lr: float | None = None
+    """Learning rate of the block's keep-scorer MLP (null = block_lr; 0 = frozen at its random initialisation)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -186,6 +188,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if not self.lr > 0 or (self.block_lr is not None and not self.block_lr > 0):
             raise invalid("lr", f"learning rates must be > 0, got lr={self.lr}, block_lr={self.block_lr}")
+        if self.scorer_lr is not None and not self.scorer_lr >= 0:
+            raise invalid("scorer_lr", f"must be >= 0 (0 freezes the scorer) or null, got {self.scorer_lr}")
         if len(self.betas) != 2:
             raise invalid("betas", f"needs two values, got {self.betas}")
         if self.warmup_steps < 0 or self.clip < 0:

@@ -65,7 +65,7 @@ def check_resumable(saved: dict, current: dict, prefix: str = "") -> None:
 
 
 def annealed_temperature(start: float, final: float, step: int, steps: int) -> float:
-    """Geometric schedule ``tau_t = tau_0 (tau_1 / tau_0)^(t / (T - 1))``: ``tau_0`` at step 0, ``tau_1`` at the last."""
+    """Geometric schedule ``tau_t = tau_0 (tau_1 / tau_0)^(t / (T - 1))``: ``tau_0`` at step 0, ``tau_1`` last."""
     return start * (final / start) ** (step / max(1, steps - 1))
 
 

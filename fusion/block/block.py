@@ -28,8 +28,16 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from fusion.block.allocation import (AllocationHead, CellLayout, cell_means, continuous_allocation,
-                                     integer_allocation, marginal_keep, rank_in_cells, topk_within_cells)
+from fusion.block.allocation import (
+    AllocationHead,
+    CellLayout,
+    cell_means,
+    continuous_allocation,
+    integer_allocation,
+    marginal_keep,
+    rank_in_cells,
+    topk_within_cells,
+)
 from fusion.block.config import BaseIdentity, FusionConfig
 from fusion.block.cross_attention import CrossAttention
 from fusion.block.groups import GroupLayout, question_mask

@@ -12,7 +12,8 @@ hard top-k (``y`` -> 1 on the ``T_p`` largest logits); every entry's logit gets 
 
 Used twice by the block: over the cells of a pool (``w = n_c``, targets ``K_p``: the allocation) and over the tokens
 of a cell (``w = 1``, targets ``kappa_c``: which tokens). In the LM the soft keep ``y_i`` enters as the attention
-bias ``log y_i = log sigmoid(x_i)`` on token ``i``'s key (:func:`key_bias`): ``y_i = 1`` is a kept token, ``y_i -> 0`` a dropped one.
+bias ``log y_i = log sigmoid(x_i)`` on token ``i``'s key (:func:`key_bias`): ``y_i = 1`` is a kept token,
+``y_i -> 0`` a dropped one.
 """
 
 from __future__ import annotations
