@@ -258,3 +258,15 @@ def test_annealed_temperature_schedule():
 def test_bad_coverage_settings_are_config_errors(params, key):
     with pytest.raises(MethodConfigError, match=key):
         METHODS.build("fusion", retention=0.25, **params)
+
+
+def test_a_malformed_key_bias_is_a_selection_error():
+    from fusion.errors import SelectionError
+
+    mask = torch.ones(1, 4, dtype=torch.long)
+    with pytest.raises(SelectionError, match="shape"):
+        soft_attention_mask(mask, torch.zeros(1, 5), torch.float32)
+    with pytest.raises(SelectionError, match="NaN"):
+        soft_attention_mask(mask, torch.tensor([[0.0, float("nan"), 0.0, 0.0]]), torch.float32)
+    full = soft_attention_mask(mask, torch.tensor([[0.0, -1.0, 0.0, 0.0]]), torch.float32)
+    assert full[0, 0, 2, 1] == -1.0 and full[0, 0, 1, 2] == torch.finfo(torch.float32).min  # bias + causal
