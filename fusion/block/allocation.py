@@ -12,9 +12,10 @@ At ``a = 0`` every cell gets the pool's retention (``rho_c = r``): an even sprea
 hand-made allocation of segmentwise methods. The logits come from :class:`AllocationHead`, which reads the cell's
 mean (fused) embedding and the question, so the split is learned per clip and per question.
 
-Inside a cell: hard top-``k_c`` of the keep-scores at test time; in training (``relaxation: soft``) the
-differentiable :func:`fusion.block.relaxed.sigmoid_budget` keeps ``kappa_c`` tokens in expectation, so the LM loss
-reaches every token's score and every cell's logit (dropped ones included).
+Inside a cell: hard top-``k_c`` of the keep-scores at test time. In training, ``relaxation: soft`` keeps
+``kappa_c`` tokens in expectation (:func:`fusion.block.relaxed.budget_logits`), so the LM loss reaches every
+token's score and every cell's logit (dropped ones included); ``relaxation: marginal`` keeps the hard top-``k``
+plus the next-best token at weight ``frac(kappa_c)`` (:func:`marginal_keep`), which reaches every cell's logit.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fusion.block.groups import GroupLayout
+from fusion.block.groups import GroupLayout, slot_within
 from fusion.block.relaxed import sigmoid_budget
 from fusion.pruners.budget import keep_count
 
@@ -80,8 +81,7 @@ def continuous_allocation(logits: Tensor, cells: CellLayout) -> Tensor:
     """``(C,)`` ``kappa_c = n_c sigmoid(a_c + beta_p)`` summing to ``K_p`` in every pool (differentiable in ``a``)."""
     size = cells.cell_size.to(logits.dtype)
     rho = sigmoid_budget(logits, cells.cell_pool, cells.n_pools, cells.pool_budget.to(logits.dtype), weight=size)
-    whole = (cells.pool_budget >= cells.pool_size)[cells.cell_pool]  # (C,) a pool kept whole (r = 1)
-    return torch.where(whole, size, size * rho)
+    return size * rho  # a pool kept whole (r = 1): rho = 1 to float precision, and the rounding restores n_c
 
 
 def integer_allocation(kappa: Tensor, cells: CellLayout) -> Tensor:
@@ -92,27 +92,17 @@ def integer_allocation(kappa: Tensor, cells: CellLayout) -> Tensor:
     base = torch.minimum(kappa.floor().long().clamp(min=0), size)  # (C,)
     missing = cells.pool_budget - torch.zeros_like(cells.pool_budget).index_add(0, cells.cell_pool, base)  # (P,)
     remainder = torch.where(base < size, kappa - base.float(), torch.full_like(kappa, -1.0))  # full cells last
-    order = torch.argsort(remainder, descending=True, stable=True)  # (C,)
-    order = order[torch.argsort(cells.cell_pool[order], stable=True)]  # by pool, then remainder (desc)
-    rank = rank_within(cells.cell_pool[order], cells.n_pools)  # (C,) in sorted order
-    add = torch.zeros_like(base)
-    add[order] = (rank < missing[cells.cell_pool[order]]).long()
-    return torch.minimum(base + add, size)
-
-
-def rank_within(sorted_index: Tensor, n_index: int) -> Tensor:
-    """Position of every entry inside its run of a SORTED ``(M,)`` index: ``[0, 0, 1, 1, 1] -> [0, 1, 0, 1, 2]``."""
-    counts = torch.bincount(sorted_index, minlength=n_index)  # (n_index,)
-    starts = counts.cumsum(0) - counts
-    return torch.arange(sorted_index.shape[0], device=sorted_index.device) - starts[sorted_index]
+    order = torch.argsort(remainder, descending=True, stable=True)  # (C,) largest remainders first
+    rank = torch.empty_like(base)
+    rank[order] = slot_within(cells.cell_pool[order], cells.n_pools)  # (C,) rank of the remainder in its pool
+    return torch.minimum(base + (rank < missing[cells.cell_pool]).long(), size)
 
 
 def rank_in_cells(scores: Tensor, token_cell: Tensor, n_cells: int) -> Tensor:
     """``(N,)`` long: 0 for the best score of its cell, 1 for the next, ... (ties -> earlier row)."""
-    order = torch.argsort(scores.detach(), descending=True, stable=True)  # (N,)
-    order = order[torch.argsort(token_cell[order], stable=True)]  # by cell, then score (desc)
+    order = torch.argsort(scores.detach(), descending=True, stable=True)  # (N,) best first
     rank = torch.empty_like(token_cell)
-    rank[order] = rank_within(token_cell[order], n_cells)
+    rank[order] = slot_within(token_cell[order], n_cells)
     return rank
 
 

@@ -39,6 +39,17 @@ class Packing:
         return packed[self.group, self.slot]
 
 
+def slot_within(group: Tensor, n_groups: int) -> Tensor:
+    """``(N,)`` long ``slot_i = #{j < i : group_j = group_i}``: each row's position inside its group, in input order
+    (a stable sort by group, minus each group's start). ``[1, 0, 1, 1] -> [0, 0, 1, 2]``."""
+    counts = torch.bincount(group, minlength=n_groups)  # (G,)
+    order = torch.sort(group, stable=True).indices  # (N,)
+    starts = counts.cumsum(0) - counts  # (G,) first sorted index of each group
+    slot = torch.empty_like(group)
+    slot[order] = torch.arange(group.shape[0], device=group.device) - starts[group[order]]
+    return slot
+
+
 def make_packing(group: Tensor, n_groups: int) -> Packing:
     """Pack rows by ``group`` (``(N,)`` long in ``[0, n_groups)``).
 
@@ -46,12 +57,8 @@ def make_packing(group: Tensor, n_groups: int) -> Packing:
     ``M = max_g |group g|`` (at least 1, so empty batches keep a valid shape).
     """
     n = group.shape[0]
-    counts = torch.bincount(group, minlength=n_groups)  # (G,)
-    width = max(1, int(counts.max())) if n else 1
-    order = torch.sort(group, stable=True).indices  # (N,)
-    starts = counts.cumsum(0) - counts  # (G,) first sorted index of each group
-    slot = torch.empty_like(group)
-    slot[order] = torch.arange(n, device=group.device) - starts[group[order]]
+    slot = slot_within(group, n_groups)  # (N,)
+    width = max(1, int(slot.max()) + 1) if n else 1
     mask = torch.zeros(n_groups, width, dtype=torch.bool, device=group.device)
     mask[group, slot] = True
     return Packing(group, slot, mask)
