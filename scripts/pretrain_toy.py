@@ -6,6 +6,9 @@ finds it.
     # 13.7 min on 2 cores, 99.7 % uncompressed
     PYTHONPATH=. python scripts/pretrain_toy.py --data runs/toyworld
 
+    # the ToyWorld-Long backbone (fusion/assets/toy_long; its defaults: see WORLDS below)
+    PYTHONPATH=. python scripts/pretrain_toy.py --world long
+
 Generates ToyWorld (`--n-train`/`--n-test`/`--data-seed`) into `--data` if it is not there, caches the
 processor's tensors once, then trains the thinker of `fusion.model.toy.toy_config` (audio convolutions initialised
 wider, `--audio-conv-std`) with the cross-entropy of the answer tokens (letter + end of turn): AdamW (betas
@@ -22,6 +25,11 @@ Augmentation (`--augment`, default half the samples): `fusion.data.evidence.Evid
 non-evidence audio/video tokens, so the backbone answers from the evidence whatever else is missing (a model
 trained only on whole sequences also reads the count of background tokens and breaks under any pruning, even one
 that keeps every evidence token).
+
+``--world long`` trains the ToyWorld-Long thinker (``fusion.model.toy.toy_long_config``, 7-px patches) on
+``fusion.data.toyworld_long``: it starts from the shipped ToyWorld backbone wherever the shapes agree
+(``--init-from``; everything but the vision patch embedding, which the smaller patch changes), and builds
+same-length batches (``fusion.data.curriculum.SameLengthBatches``: no padding between 8-s and 16-s clips).
 
 Same seed + data + processes + threads = the same backbone. Writes `model.safetensors`, `config.json`, the
 processor files and `pretrain_info.json` (command, seed, steps, timings, accuracies).
@@ -41,14 +49,25 @@ import torch
 import torch.distributed as dist
 
 from fusion import METHODS
-from fusion.data.curriculum import LossBalancedSampler
+from fusion.data import toyworld, toyworld_long
+from fusion.data.curriculum import LossBalancedSampler, SameLengthBatches
 from fusion.data.evidence import EvidenceDropout
 from fusion.model.loading import build_random_thinker
-from fusion.model.toy import ASSET_DIR, toy_config, toy_processor
+from fusion.model.toy import ASSET_DIR, LONG_ASSET_DIR, toy_config, toy_long_config, toy_long_processor, toy_processor
 from train.loss import per_sample_cross_entropy, pruned_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from toy_common import evaluate, format_table, prepare_data  # noqa: E402
+
+# per world: generator, processor, config, and the defaults of the options that differ
+WORLDS = {
+    "toy": dict(generate=toyworld.generate, processor=toy_processor, config=toy_config,
+                defaults=dict(data="runs/toyworld", out=ASSET_DIR, n_train=8000, n_test=1000, steps=5000,
+                              init_from=None, same_length=False)),
+    "long": dict(generate=toyworld_long.generate, processor=toy_long_processor, config=toy_long_config,
+                 defaults=dict(data="runs/toyworld_long", out=LONG_ASSET_DIR, n_train=4000, n_test=800, steps=2000,
+                               init_from=ASSET_DIR, same_length=True)),
+}
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int, decay_fraction: float = 1.0) -> float:
@@ -78,14 +97,46 @@ def widen_audio_convs(model, std: float, seed: int) -> None:
             conv.bias.zero_()
 
 
+PATCH_EMBED = "model.visual.patch_embed.proj.weight"
+
+
+def init_from(model, directory: Path) -> tuple[int, list[str]]:
+    """Copy every tensor of the backbone in ``directory`` whose name and shape match ``model``'s; return the count
+    copied and the names of ``model``'s tensors left at their random init.
+
+    A vision patch embedding ``(D, 3, tp, kP, kP)`` going to patches of ``P`` px is summed over ``k x k`` pixel
+    blocks, ``W'[..., i, j] = sum_{a,b < k} W[..., k i + a, k j + b]``: a frame drawn at ``1/k`` scale then embeds as
+    the original did (ToyWorld-Long's 14-px cells are ToyWorld's 28-px cells at half scale).
+    """
+    from fusion.model.toy import load_toy
+
+    source = load_toy(directory)[0].state_dict()
+    own = model.state_dict()
+    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    if PATCH_EMBED in source and PATCH_EMBED not in matched:
+        w, target = source[PATCH_EMBED], own[PATCH_EMBED].shape  # (D, 3, tp, kP, kP), (D, 3, tp, P, P)
+        k = w.shape[-1] // target[-1]
+        if w.shape[:3] == target[:3] and k * target[-1] == w.shape[-1]:
+            D, C, tp, P = *target[:3], target[-1]
+            matched[PATCH_EMBED] = w.reshape(D, C, tp, P, k, P, k).sum(dim=(4, 6))
+    model.load_state_dict(matched, strict=False)
+    return len(matched), sorted(k for k in own if k not in matched)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("runs/toyworld"))
-    parser.add_argument("--out", type=Path, default=ASSET_DIR)
-    parser.add_argument("--n-train", type=int, default=8000)
-    parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--world", choices=sorted(WORLDS), default="toy",
+                        help="toy: ToyWorld (4-s clips); long: ToyWorld-Long (8-16 s, video-heavy)")
+    parser.add_argument("--data", type=Path, default=None, help="data folder (default: runs/toyworld[_long])")
+    parser.add_argument("--out", type=Path, default=None, help="where the backbone is saved (default: the package's)")
+    parser.add_argument("--n-train", type=int, default=None)
+    parser.add_argument("--n-test", type=int, default=None)
     parser.add_argument("--data-seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--init-from", type=str, default=None,
+                        help="a backbone folder whose same-shaped weights start the run ('none': random init)")
+    parser.add_argument("--same-length", choices=("on", "off"), default=None,
+                        help="batches of one clip length (default: on for the long world)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
@@ -108,6 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--augment-min-keep", type=float, default=0.1,
                         help="lowest keep probability of a non-evidence token in an augmented sample")
     args = parser.parse_args(argv)
+    world = WORLDS[args.world]
+    for key, value in world["defaults"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.data, args.out = Path(args.data), Path(args.out)
+    args.init_from = None if args.init_from in (None, "none") else Path(args.init_from)
+    args.same_length = args.same_length in (True, "on")
     if args.procs < 1 or args.batch_size % args.procs:
         parser.error(f"--batch-size {args.batch_size} must split evenly over --procs {args.procs}")
     command = " ".join(["python scripts/pretrain_toy.py", *(argv if argv is not None else sys.argv[1:])])
@@ -115,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         train(0, args, command)
     else:
         # generate and cache once here, so the ranks only load the caches
-        prepare_data(args.data, toy_processor(), args.n_train, args.n_test, args.data_seed, _log)
+        prepare_data(args.data, world["processor"](), args.n_train, args.n_test, args.data_seed, _log,
+                     world["generate"])
         with socket.socket() as s:  # a free port, so parallel runs on one machine coexist
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -147,12 +206,16 @@ def train(rank: int, args, command: str, port: int | None = None) -> None:
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     log = _log if rank == 0 else (lambda msg: None)
-    processor = toy_processor()
-    splits = prepare_data(args.data, processor, args.n_train, args.n_test, args.data_seed, log)
+    world_spec = WORLDS[args.world]
+    processor = world_spec["processor"]()
+    splits = prepare_data(args.data, processor, args.n_train, args.n_test, args.data_seed, log, world_spec["generate"])
     train_split, test = splits["train"], splits["test"]
-    config = toy_config(processor.tokenizer)
+    config = world_spec["config"](processor.tokenizer)
     model = build_random_thinker(config, seed=args.seed).train()
     widen_audio_convs(model, args.audio_conv_std, seed=args.seed + 1)
+    if args.init_from is not None:
+        copied, skipped = init_from(model, args.init_from)
+        log(f"started from {args.init_from}: {copied} tensors copied, kept the random init of {skipped or 'none'}")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"toy thinker: {n_params:,} parameters; {len(train_split)} train / {len(test)} test clips; "
         f"{world} process(es) x {args.threads} thread(s)")
@@ -166,6 +229,10 @@ def train(rank: int, args, command: str, port: int | None = None) -> None:
     sampler = None
     if args.sampling == "loss":
         sampler = LossBalancedSampler(train_split.categories, floor=args.sampling_floor, generator=generator)
+    same_length = None
+    if args.same_length:
+        same_length = SameLengthBatches(train_split.categories, [s.extra.get("seconds") for s in train_split.samples],
+                                        generator)
     eval_index = torch.randperm(len(test), generator=torch.Generator().manual_seed(1))[: args.eval_n]
     categories = sorted(set(test.categories))
     share = args.batch_size // world
@@ -180,6 +247,8 @@ def train(rank: int, args, command: str, port: int | None = None) -> None:
             index = torch.randint(len(train_split), (args.batch_size,), generator=generator)
         else:
             index = sampler.draw(args.batch_size)
+        if same_length is not None:
+            index = same_length.match(index)
         mine = index[rank * share:(rank + 1) * share]  # this rank's part of the batch
         batch = train_split.batch(mine, mode="train")
         batch.pop("answer"), batch.pop("n_options")
@@ -236,6 +305,8 @@ def train(rank: int, args, command: str, port: int | None = None) -> None:
         "n_test": len(test), "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "warmup": args.warmup, "decay_fraction": args.decay_fraction, "procs": world, "threads": args.threads,
         "audio_conv_std": args.audio_conv_std, "augment": args.augment, "augment_min_keep": args.augment_min_keep,
+        "world": args.world, "init_from": str(args.init_from) if args.init_from else None,
+        "same_length": args.same_length,
         "sampling": args.sampling, "sampling_floor": args.sampling_floor if sampler is not None else None,
         "parameters": n_params, "train_seconds": round(train_seconds, 1),
         "median_step_ms": round(1000 * sorted(step_times)[len(step_times) // 2], 1) if step_times else None,

@@ -12,13 +12,15 @@ from fusion.data.scoring import accuracy, letter_token_ids, predict_from_output
 from fusion.data.toyworld import generate
 
 
-def prepare_data(data: Path, processor, n_train: int, n_test: int, seed: int, log=print) -> dict[str, CachedSplit]:
-    """Generate ToyWorld into ``data`` if it is not there, build the tensor caches once, load them (each split
-    also gets ``.scenes``, the generator's scene per sample, for evidence-aware compressors)."""
+def prepare_data(data: Path, processor, n_train: int, n_test: int, seed: int, log=print,
+                 generator=generate) -> dict[str, CachedSplit]:
+    """Generate ToyWorld (or the world of ``generator``, e.g. ``fusion.data.toyworld_long.generate``) into ``data``
+    if it is not there, build the tensor caches once, load them (each split also gets ``.scenes``, the
+    generator's scene per sample, for evidence-aware compressors)."""
     if not (data / "train.jsonl").is_file() or not (data / "test.jsonl").is_file():
         start = time.perf_counter()
-        log(f"generating ToyWorld ({n_train} train + {n_test} test clips, seed {seed}) into {data}")
-        generate(data, n_train, n_test, seed, progress=True)
+        log(f"generating {generator.__module__} ({n_train} train + {n_test} test clips, seed {seed}) into {data}")
+        generator(data, n_train, n_test, seed, progress=True)
         log(f"  generated in {time.perf_counter() - start:.0f} s")
     splits = {}
     for split in ("train", "test"):

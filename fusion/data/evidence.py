@@ -1,9 +1,11 @@
 """Which tokens of a ToyWorld sample hold its answer, from the scene the generator recorded.
 
 Evidence per category: ``colour_at_beep`` / ``tone_at_shape``: the square token and the beep tokens of the key
-second; ``beep_count``: every beep's tokens; ``shape_count``: every square's token. With the toy processor's
-56 px frames at 2 fps a video token at grid place ``(t, h, w)`` shows second ``t``, cell ``2 h + w``; audio token
-``i`` covers ``[0.04 i, 0.04 (i + 1))`` s of its block (TMRoPE: 25 ids per second).
+second; ``beep_count``: every beep's tokens; ``shape_count``: every square's token; ToyWorld-Long's
+``beep_order``: every square's and every beep's tokens, ``shape_colour``: every square's. With the toy
+processors' frames at 2 fps a video token at grid place ``(t, h, w)`` shows second ``t``, cell ``G h + w`` (``G``
+cells per row: 2 in ToyWorld, the scene's ``grid`` in ToyWorld-Long); audio token ``i`` covers
+``[0.04 i, 0.04 (i + 1))`` s of its block (TMRoPE: 25 ids per second).
 
 Two users: :class:`EvidenceOracle` (a diagnostic compressor: evidence first, then an even spread, at the usual
 per-modality budget) and :class:`EvidenceDropout` (pre-training augmentation: drop random NON-evidence tokens, so
@@ -30,8 +32,10 @@ def key_evidence(scene: dict, category: str, beep_seconds: float) -> tuple[set[t
     squares, beeps = scene["squares"], scene["beeps"]
     if category == "beep_count":
         seconds_v, seconds_a = [], [s for s, b in enumerate(beeps) if b]
-    elif category == "shape_count":
+    elif category in ("shape_count", "shape_colour"):
         seconds_v, seconds_a = [s for s, q in enumerate(squares) if q], []
+    elif category == "beep_order":
+        seconds_v, seconds_a = [s for s, q in enumerate(squares) if q], [s for s, b in enumerate(beeps) if b]
     elif category == "colour_at_beep":
         seconds_v = seconds_a = [s for s, b in enumerate(beeps) if b]
     elif category == "tone_at_shape":
@@ -47,17 +51,18 @@ def evidence_mask(tokens: AVTokens, scenes: list[dict], categories: list[str],
                   cfg: ToyWorldConfig | None = None) -> Tensor:
     """``(B, L)`` bool: True at the evidence tokens of each row (``scenes[b]``, ``categories[b]``).
 
-    Video token of row b at place (t, h, w) is evidence iff ``(t, 2h + w)`` is a key square; audio token at time
-    ``x`` s is evidence iff ``[x, x + 0.04)`` overlaps a key beep ``[start, end)``.
+    Video token of row b at place (t, h, w) is evidence iff ``(t, G h + w)`` is a key square (``G`` = the scene's
+    ``grid``, default 2); audio token at time ``x`` s is evidence iff ``[x, x + 0.04)`` overlaps a key beep
+    ``[start, end)`` (beep length: the scene's ``beep``, default ``cfg.beep``).
     """
     cfg = cfg or ToyWorldConfig()
     mask = torch.zeros(tokens.input_ids.shape, dtype=torch.bool, device=tokens.input_ids.device)
     place, seconds = tokens.grid_place, tokens.seconds()  # (B, L, 3), (B, L)
-    cell = place[..., 1] * 2 + place[..., 2]  # (B, L)
     for b, (scene, category) in enumerate(zip(scenes, categories)):  # one sample per iteration
-        cells, intervals = key_evidence(scene, category, cfg.beep)
+        cell = place[b, :, 1] * scene.get("grid", 2) + place[b, :, 2]  # (L,)
+        cells, intervals = key_evidence(scene, category, scene.get("beep", cfg.beep))
         for s, c in cells:  # one key square per iteration
-            mask[b] |= tokens.video_mask[b] & (place[b, :, 0] == s) & (cell[b] == c)
+            mask[b] |= tokens.video_mask[b] & (place[b, :, 0] == s) & (cell == c)
         for start, end in intervals:  # one key beep per iteration
             mask[b] |= tokens.audio_mask[b] & (seconds[b] + AUDIO_TOKEN_SECONDS > start) & (seconds[b] < end)
     return mask

@@ -189,9 +189,10 @@ def render_video(scene: Scene, cfg: ToyWorldConfig, rng: np.random.Generator) ->
 
 def render_audio(scene: Scene, cfg: ToyWorldConfig, rng: np.random.Generator) -> np.ndarray:
     """``(seconds * sample_rate,)`` float32: white noise + each beep
-    ``a * ramp(t) * (sin(2 pi f t) + sin(4 pi f t) / 2 + sin(6 pi f t) / 4) / 1.75``."""
+    ``a * ramp(t) * (sin(2 pi f t) + sin(4 pi f t) / 2 + sin(6 pi f t) / 4) / 1.75`` (``seconds = len(scene.beeps)``;
+    ``cfg`` needs ``sample_rate``, ``audio_noise``, ``beep``, ``ramp`` and ``amplitude``)."""
     sr = cfg.sample_rate
-    wave = rng.normal(0.0, cfg.audio_noise, cfg.seconds * sr)
+    wave = rng.normal(0.0, cfg.audio_noise, len(scene.beeps) * sr)
     n, ramp = int(round(cfg.beep * sr)), int(round(cfg.ramp * sr))
     t = np.arange(n) / sr
     envelope = np.minimum(1.0, np.minimum(np.arange(n) + 1, n - np.arange(n)) / max(ramp, 1))

@@ -10,22 +10,23 @@ from transformers import AutoConfig, WhisperFeatureExtractor
 from fusion.errors import MethodConfigError, ModelLoadError
 from fusion.model.configs import REAL_CONFIGS, real_config, tiny_config
 from fusion.model.thinker import CompressedThinker
-from fusion.model.toy import TOY_NAME
+from fusion.model.toy import LONG_ASSET_DIR, TOY_LONG_NAME, TOY_NAME
 from fusion.pruners import METHODS
 
 TINY = "tiny-random"
 
 
-def tiny_processor():
+def tiny_processor(video=None):
     """The offline processor matching :func:`tiny_config` (word-level tokenizer, 128-bin Whisper features).
 
-    Frames are capped at 4x4 merged tokens per grid (112 px) so tiny clips stay tiny.
+    Frames are capped at 4x4 merged tokens per grid (112 px) so tiny clips stay tiny, unless ``video`` (a
+    :class:`~fusion.data.processor.VideoSettings`) says otherwise.
     """
     from fusion.data.processor import OmniProcessor, VideoSettings
     from fusion.data.tokenizer import DEFAULT_SYSTEM, build_word_tokenizer
 
     features = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, n_fft=400)
-    video = VideoSettings(min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28)
+    video = video or VideoSettings(min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28)
     return OmniProcessor(build_word_tokenizer(), features, video, default_system=DEFAULT_SYSTEM)
 
 
@@ -78,7 +79,8 @@ def load_model(
     """Load a compressed thinker and its processor.
 
     Args:
-        name_or_path: ``"toy"`` (the pre-trained ToyWorld backbone shipped in the package), ``"tiny-random"``
+        name_or_path: ``"toy"`` (the pre-trained ToyWorld backbone shipped in the package), ``"toy_long"`` (the
+            ToyWorld-Long one), ``"tiny-random"``
             (tests), ``"qwen2_5_omni_3b"``/``"qwen2_5_omni_7b"`` or a thinker
             config JSON (random weights at that size, for benchmarks; processor is None), or a hub id /
             local directory of a Qwen2.5-Omni checkpoint (e.g. ``Qwen/Qwen2.5-Omni-7B``).
@@ -113,6 +115,10 @@ def load_model(
         from fusion.model.toy import load_toy
 
         model, processor = load_toy(dtype=dtype, attn_implementation=attn_implementation)
+    elif name == TOY_LONG_NAME:
+        from fusion.model.toy import load_toy
+
+        model, processor = load_toy(LONG_ASSET_DIR, dtype=dtype, attn_implementation=attn_implementation)
     elif name == TINY:
         processor = tiny_processor()
         model = build_random_thinker(tiny_config(processor.tokenizer), seed, dtype, attn_implementation)

@@ -15,6 +15,12 @@ Three choices differ from a plain shrink of the real config, each for a reason m
 
 The weights (``model.safetensors``, 3.4 MB), config and processor files live in ``fusion/assets/toy/`` and are
 remade by ``scripts/pretrain_toy.py`` (seeded, step-based).
+
+``toy_long`` is the same thinker for ToyWorld-Long (:mod:`fusion.data.toyworld_long`): 7-px patches (a merged token
+covers a 14 x 14 px cell, so an 84-px frame is 6 x 6 = 36 tokens per second, 59 % of the AV tokens against the
+audio's 25), a 14-px vision window (again one cell per window); everything else is the toy's, so its pre-training
+starts from the toy backbone's weights (all but the vision patch embedding); in ``fusion/assets/toy_long/``, remade by
+``scripts/pretrain_toy.py --world long``.
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ from pathlib import Path
 from fusion.errors import ModelLoadError
 
 TOY_NAME = "toy"
+TOY_LONG_NAME = "toy_long"
 ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "toy"
+LONG_ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "toy_long"
 VIDEO_WINDOW_PX = 28
 LAYERS = 3
 MROPE_SECTION = [8, 4, 4]  # rotary pairs (of 16) for time, height, width
+LONG_PATCH_PX = 7
 
 
 def toy_processor():
@@ -49,6 +58,29 @@ def toy_config(tokenizer):
     return config
 
 
+def toy_long_processor():
+    """The ToyWorld-Long processor: the toy's tokenizer and audio, 7-px patches, frames of 4 to 36 merged tokens
+    (28 to 84 px), 2 fps."""
+    from fusion.data.processor import VideoSettings
+    from fusion.model.loading import tiny_processor
+
+    cell = 2 * LONG_PATCH_PX
+    return tiny_processor(VideoSettings(patch_size=LONG_PATCH_PX, min_pixels=4 * cell * cell,
+                                        max_pixels=36 * cell * cell))
+
+
+def toy_long_config(tokenizer):
+    """The ToyWorld-Long thinker config (see module doc) around ``tokenizer``."""
+    from fusion.model.configs import small_thinker_config
+
+    config = small_thinker_config(tokenizer, hidden=128, layers=LAYERS, heads=4, kv_heads=2,
+                                  mrope_section=MROPE_SECTION, vision_hidden=64, audio_hidden=64)
+    config.vision_config.patch_size = LONG_PATCH_PX
+    config.vision_config.window_size = 2 * LONG_PATCH_PX
+    config.vision_config.fullatt_block_indexes = []
+    return config
+
+
 def load_toy(directory: str | Path | None = None, dtype=None, attn_implementation: str = "sdpa"):
     """``(model, processor)`` of the pre-trained toy backbone (default: the copy shipped in the package)."""
     from fusion.data.processor import OmniProcessor
@@ -56,8 +88,10 @@ def load_toy(directory: str | Path | None = None, dtype=None, attn_implementatio
 
     directory = Path(directory) if directory is not None else ASSET_DIR
     if not (directory / "model.safetensors").is_file():
+        world = " --world long" if directory.name == LONG_ASSET_DIR.name else ""
         raise ModelLoadError(
-            f"no toy backbone in {directory}; remake it with `python scripts/pretrain_toy.py` (see README, ToyWorld)"
+            f"no toy backbone in {directory}; remake it with `python scripts/pretrain_toy.py{world}` "
+            "(see README, ToyWorld)"
         )
     model = CompressedThinker.from_pretrained(str(directory), dtype=dtype, attn_implementation=attn_implementation)
     return model, OmniProcessor.from_pretrained(directory)
