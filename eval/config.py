@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from fusion.config import invalid
 
-BENCHMARKS = ("toyworld", "worldsense", "jsonl")
+BENCHMARKS = ("toyworld", "toyworld_long", "worldsense", "jsonl")
 
 
 @dataclass
@@ -19,7 +19,7 @@ class ModelConfig:
     """The backbone every method runs on."""
 
     name: str = "toy"
-    """'toy' (the pre-trained ToyWorld backbone), 'tiny-random' (tests), or a hub id / local Qwen2.5-Omni checkpoint
+    """'toy' (the pre-trained ToyWorld backbone), 'toy_long' (the ToyWorld-Long one), 'tiny-random' (tests), or a hub id / local Qwen2.5-Omni checkpoint
     (e.g. Qwen/Qwen2.5-Omni-3B)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights and media dtype; auto = bfloat16 on cuda, float32 on cpu."""
@@ -51,6 +51,25 @@ class ToyWorldData:
 
 
 @dataclass
+class ToyWorldLongData:
+    """The ``toyworld_long`` benchmark (fusion/data/toyworld_long.py): 8-16 s video-heavy clips, generated into
+    ``dir`` when missing; group by ``length_bucket`` for accuracy vs clip length."""
+
+    dir: str = "runs/toyworld_long"
+    """Folder with test.jsonl + videos/ (python -m fusion.data.toyworld_long writes it); generated when missing."""
+    n_test: int = 800
+    """Test clips generated when the folder has none."""
+    seed: int = 0
+    """Generator seed (clip i of the test split is drawn from [seed, 1, i])."""
+    min_seconds: int = 8
+    """Shortest clip (>= 8)."""
+    max_seconds: int = 16
+    """Longest clip."""
+    split: Literal["test", "val"] = "test"
+    """test: the reported split; val: the validation split for choosing recipes (must exist)."""
+
+
+@dataclass
 class WorldSenseData:
     """The ``worldsense`` benchmark from a local copy (ROOT/worldsense_qa.json + ROOT/videos/<video_id>.mp4)."""
 
@@ -66,10 +85,13 @@ class WorldSenseData:
 class DataConfig:
     """Which benchmark, how media are sampled and how prompts look."""
 
-    benchmark: Literal["toyworld", "worldsense", "jsonl"] = "toyworld"
-    """toyworld (generated if missing), worldsense (local copy) or jsonl (our MCQ schema, fusion/data/mcq.py)."""
+    benchmark: Literal["toyworld", "toyworld_long", "worldsense", "jsonl"] = "toyworld"
+    """toyworld / toyworld_long (generated if missing), worldsense (local copy) or jsonl (our MCQ schema,
+    fusion/data/mcq.py)."""
     toyworld: ToyWorldData = field(default_factory=ToyWorldData)
     """Settings of the toyworld benchmark."""
+    toyworld_long: ToyWorldLongData = field(default_factory=ToyWorldLongData)
+    """Settings of the toyworld_long benchmark."""
     worldsense: WorldSenseData = field(default_factory=WorldSenseData)
     """Settings of the worldsense benchmark."""
     jsonl: str | None = None
@@ -183,6 +205,8 @@ class GroupSpec:
     """The sample field: 'category' or a key of the sample's extra (e.g. task_domain for WorldSense)."""
     order: list[str] | None = None
     """Column order (null: sorted); values not listed follow, sorted."""
+    plot: bool = False
+    """Also draw accuracy_vs_<name>.png: accuracy per group value, one line per method, a panel per retention."""
 
 
 @dataclass

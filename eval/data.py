@@ -25,22 +25,40 @@ def load_toyworld(cfg: DataConfig, log=print) -> list[MCQSample]:
     from fusion.data.toyworld import ToyWorldConfig, generate
 
     t = cfg.toyworld
-    root = Path(t.dir)
-    path = root / f"{t.split}.jsonl"
-    if t.split == "val" and not path.is_file():
-        raise ConfigError(f"data.toyworld.split=val: {path} does not exist; write it with `python -m "
-                          f"fusion.data.toyworld --out {root} --n-train 0 --n-val 500 --n-test 0 --seed {t.seed}` "
-                          "(clips of other splits in the folder are kept)")
+    world = ToyWorldConfig(seconds=t.seconds)
+    return _generated_split("fusion.data.toyworld", generate, world, Path(t.dir), t.split, t.n_test, t.seed,
+                            "toyworld.json", ("seconds",), log)
+
+
+def load_toyworld_long(cfg: DataConfig, log=print) -> list[MCQSample]:
+    """ToyWorld-Long's test split from ``cfg.toyworld_long.dir`` (generated when missing) or its validation split."""
+    from fusion.data.toyworld_long import INFO_NAME, LongWorldConfig, generate
+
+    t = cfg.toyworld_long
+    world = LongWorldConfig(min_seconds=t.min_seconds, max_seconds=t.max_seconds)
+    return _generated_split("fusion.data.toyworld_long", generate, world, Path(t.dir), t.split, t.n_test, t.seed,
+                            INFO_NAME, ("min_seconds", "max_seconds"), log)
+
+
+def _generated_split(module: str, generate, world, root: Path, split: str, n_test: int, seed: int, info_name: str,
+                     checked: tuple[str, ...], log) -> list[MCQSample]:
+    """The ``split`` of a generated world in ``root``: a missing test split is generated (``n_test`` clips), a
+    missing val split is an error saying how to write it; a folder of another seed or settings is refused."""
+    path = root / f"{split}.jsonl"
+    if split == "val" and not path.is_file():
+        raise ConfigError(f"{split} split: {path} does not exist; write it with `python -m {module} --out {root} "
+                          f"--n-train 0 --n-val 500 --n-test 0 --seed {seed}` (clips of other splits are kept)")
     if not path.is_file():
-        log(f"generating ToyWorld's test split ({t.n_test} clips, seed {t.seed}) into {root}")
-        generate(root, n_train=0, n_test=t.n_test, seed=t.seed, cfg=ToyWorldConfig(seconds=t.seconds))
-    info = root / "toyworld.json"
+        log(f"generating the test split of {module} ({n_test} clips, seed {seed}) into {root}")
+        generate(root, n_train=0, n_test=n_test, seed=seed, cfg=world)
+    info = root / info_name
     if info.is_file():
         saved = json.loads(info.read_text())
-        if saved.get("seed") != t.seed or saved.get("config", {}).get("seconds") != t.seconds:
-            raise ConfigError(f"data.toyworld: {root} holds ToyWorld generated with seed {saved.get('seed')} and "
-                              f"{saved.get('config', {}).get('seconds')}-s clips, not seed {t.seed} / {t.seconds} s; "
-                              "point data.toyworld.dir elsewhere or match the settings")
+        want = {k: getattr(world, k) for k in checked}
+        got = {k: saved.get("config", {}).get(k) for k in checked}
+        if saved.get("seed") != seed or got != want:
+            raise ConfigError(f"{root} holds {module} clips of seed {saved.get('seed')} with {got}, not seed {seed} "
+                              f"with {want}; point the benchmark's dir elsewhere or match the settings")
     return load_jsonl(path)
 
 
@@ -48,6 +66,8 @@ def load_benchmark(cfg: DataConfig, log=print) -> list[MCQSample]:
     """The run's questions, in file order, cut to ``cfg.limit``."""
     if cfg.benchmark == "toyworld":
         samples = load_toyworld(cfg, log)
+    elif cfg.benchmark == "toyworld_long":
+        samples = load_toyworld_long(cfg, log)
     elif cfg.benchmark == "worldsense":
         from fusion.data.worldsense import load_worldsense
 

@@ -110,8 +110,51 @@ def plot(results: dict, path: str | Path) -> Path:
     return path
 
 
+def plot_by_group(results: dict, group: str, path: str | Path) -> Path:
+    """``accuracy_vs_<group>.png``: x = the grouping's values in table order (e.g. clip-length buckets), y = that
+    group's accuracy; one panel per nominal retention with one line per method, the uncompressed row in every
+    panel as a dashed black line. Shows where each method degrades as, e.g., clips grow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = results["groups"][group]
+    rows = results["rows"]
+    references = [r for r in rows if r["method"] == "none"]
+    retentions = sorted({r["retention_nominal"] for r in rows if r["method"] != "none"}, reverse=True) or [1.0]
+    fig, axes = plt.subplots(1, len(retentions), figsize=(5.5 * len(retentions), 4.5), squeeze=False, sharey=True)
+    colours, markers = plt.get_cmap("tab20").colors, "osD^v<>ph*X"
+    names = list(dict.fromkeys(r["name"] for r in rows if r["method"] != "none"))
+    x = list(range(len(cols)))
+    for ax, retention in zip(axes[0], retentions):  # one panel per retention
+        for r in rows:
+            if r["method"] != "none" and r["retention_nominal"] != retention:
+                continue
+            per = r["accuracy"][group]["per"]
+            y = [per.get(c) if per.get(c) is not None else float("nan") for c in cols]
+            if r["method"] == "none":
+                ax.plot(x, y, color="black", linestyle="--", marker="*", label="uncompressed")
+                continue
+            i = names.index(r["name"])
+            ax.plot(x, y, marker=markers[i % len(markers)], color=colours[i % len(colours)], label=r["name"])
+        ax.set_xticks(x, cols)
+        ax.set_xlabel(group)
+        ax.set_title(f"retention {retention:g}" + ("" if references else " (no uncompressed row)"))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (%)")
+    axes[0][-1].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{results['run']['benchmark']} on {results['run']['model']}: accuracy by {group}")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_outputs(results: dict, run_dir: str | Path) -> dict[str, Path]:
-    """Write the three files into ``run_dir`` (json atomically); return their paths."""
+    """Write results.json/md, accuracy_vs_retention.png and an accuracy_vs_<name>.png per grouping with ``plot``
+    into ``run_dir`` (json atomically); return their paths."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": run_dir / "results.json", "md": run_dir / "results.md",
@@ -121,4 +164,7 @@ def write_outputs(results: dict, run_dir: str | Path) -> dict[str, Path]:
     tmp.replace(paths["json"])
     paths["md"].write_text(markdown(results))
     plot(results, paths["png"])
+    for g in results["run"].get("config", {}).get("groups", []):  # groupings asked to be drawn
+        if g.get("plot") and g["name"] in results["groups"]:
+            paths[f"png_{g['name']}"] = plot_by_group(results, g["name"], run_dir / f"accuracy_vs_{g['name']}.png")
     return paths
