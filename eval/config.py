@@ -19,8 +19,8 @@ class ModelConfig:
     """The backbone every method runs on."""
 
     name: str = "toy"
-    """'toy' (the pre-trained ToyWorld backbone), 'toy_long' (the ToyWorld-Long one), 'tiny-random' (tests), or a hub id / local Qwen2.5-Omni checkpoint
-    (e.g. Qwen/Qwen2.5-Omni-3B)."""
+    """'toy' (the pre-trained ToyWorld backbone), 'toy_long' (the ToyWorld-Long one), 'tiny-random' (tests), or a
+    hub id / local Qwen2.5-Omni checkpoint (e.g. Qwen/Qwen2.5-Omni-3B)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights and media dtype; auto = bfloat16 on cuda, float32 on cpu."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
