@@ -59,6 +59,20 @@ from train.loss import per_sample_cross_entropy, pruned_labels
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from toy_common import evaluate, format_table, prepare_data  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def portable(path: Path | None) -> str | None:
+    """``path`` relative to the repository when it lies inside it (what pretrain_info.json records: no machine
+    paths in a shipped file)."""
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 # per world: generator, processor, config, and the defaults of the options that differ
 WORLDS = {
     "toy": dict(generate=toyworld.generate, processor=toy_processor, config=toy_config,
@@ -215,7 +229,7 @@ def train(rank: int, args, command: str, port: int | None = None) -> None:
     widen_audio_convs(model, args.audio_conv_std, seed=args.seed + 1)
     if args.init_from is not None:
         copied, skipped = init_from(model, args.init_from)
-        log(f"started from {args.init_from}: {copied} tensors copied, kept the random init of {skipped or 'none'}")
+        log(f"started from {portable(args.init_from)}: {copied} tensors copied, kept the random init of {skipped or 'none'}")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"toy thinker: {n_params:,} parameters; {len(train_split)} train / {len(test)} test clips; "
         f"{world} process(es) x {args.threads} thread(s)")
@@ -305,7 +319,7 @@ def train(rank: int, args, command: str, port: int | None = None) -> None:
         "n_test": len(test), "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "warmup": args.warmup, "decay_fraction": args.decay_fraction, "procs": world, "threads": args.threads,
         "audio_conv_std": args.audio_conv_std, "augment": args.augment, "augment_min_keep": args.augment_min_keep,
-        "world": args.world, "init_from": str(args.init_from) if args.init_from else None,
+        "world": args.world, "init_from": portable(args.init_from),
         "same_length": args.same_length,
         "sampling": args.sampling, "sampling_floor": args.sampling_floor if sampler is not None else None,
         "parameters": n_params, "train_seconds": round(train_seconds, 1),
