@@ -233,7 +233,8 @@ def train(rank: int, args, command: str, port: int | None = None) -> None:
     widen_audio_convs(model, args.audio_conv_std, seed=args.seed + 1)
     if args.init_from is not None:
         copied, skipped = init_from(model, args.init_from)
-        log(f"started from {portable(args.init_from)}: {copied} tensors copied, kept the random init of {skipped or 'none'}")
+        log(f"started from {portable(args.init_from)}: {copied} tensors copied, "
+            f"kept the random init of {skipped or 'none'}")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"toy thinker: {n_params:,} parameters; {len(train_split)} train / {len(test)} test clips; "
         f"{world} process(es) x {args.threads} thread(s)")
