@@ -9,12 +9,14 @@ from collections import defaultdict
 import pytest
 from eval_helpers import tiny_config
 
-from eval.config import DataConfig
+from eval.config import DataConfig, EvalConfig
 from eval.data import load_toyworld_long
 from eval.report import write_outputs
 from eval.runner import Runner
+from fusion.config import load_config
 from fusion.data.toyworld_long import main as generate_main
 from fusion.errors import ConfigError
+from train.config import RunConfig
 
 GROUPS = "groups=[{name: category, key: category}, {name: length, key: length_bucket, plot: true}]"
 
@@ -69,3 +71,16 @@ def test_the_long_splits_are_checked(tmp_path):
     (tmp_path / "val.jsonl").unlink()
     with pytest.raises(ConfigError, match="toyworld_long --out"):
         load_toyworld_long(cfg)
+
+
+def test_shipped_long_configs_load_and_agree():
+    """configs/eval_toy_long.yaml and configs/fusion_long.yaml parse with every key known, on the toy_long backbone,
+    and the harness scores the adapter the recipe writes."""
+    harness = load_config(EvalConfig, "configs/eval_toy_long.yaml")
+    recipe = load_config(RunConfig, "configs/fusion_long.yaml")
+    assert harness.model.name == recipe.model.name == "toy_long"
+    assert harness.data.benchmark == "toyworld_long"
+    assert recipe.data.mcq_jsonl.path == f"{harness.data.toyworld_long.dir}/train.jsonl"
+    adapters = [m.adapter for m in harness.methods if m.method == "fusion" and m.adapter]
+    assert adapters == [f"{recipe.train.output_dir}/adapter"]
+    assert [g.key for g in harness.groups if g.plot] == ["length_bucket"]
