@@ -57,7 +57,7 @@ def test_long_clip_tokens_are_mostly_video(clips):
 
 def test_uncompressed_long_backbone_answers_fresh_clips(clips):
     model, processor = load_model("toy_long")
-    assert _correct(model, processor, clips) >= 13  # chance is ~5 of 16 (two categories have 2 options)
+    assert _correct(model, processor, clips) >= 13  # chance is ~5 of 16 (beep_order has 2 options, the rest 4)
 
 
 def test_bad_compression_hurts_and_good_compression_is_possible(clips):
