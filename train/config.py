@@ -206,10 +206,20 @@ class LossConfig:
     """Weight of the KL term: loss = ce + kd_weight * kl."""
     kd_temperature: float = 1.0
     """Distillation temperature T (the KL is scaled by T^2)."""
+    split_weight: float = 1.0
+    """With ``fusion.split: searched``: loss = ce + ... + split_weight * KL(softmax(-l / T) || softmax(a)), the
+    head's loss toward the candidate shares with the lowest answer loss l (``train/split_search.py``)."""
+    split_temperature: float = 0.1
+    """T of that target: smaller = closer to the single best share."""
+    split_prior: float = 0.0
+    """lambda: the target's cost of a share is l + lambda |share - proportional share|, so a far share must lower
+    the answer loss by that much to win (where all are equally bad the proportional one stays)."""
 
     def __post_init__(self) -> None:
         if self.kd_weight < 0 or not self.kd_temperature > 0:
             raise invalid("kd_weight", "kd_weight must be >= 0 and kd_temperature > 0")
+        if self.split_weight < 0 or not self.split_temperature > 0 or self.split_prior < 0:
+            raise invalid("split_weight", "split_weight and split_prior must be >= 0 and split_temperature > 0")
 
 
 @dataclass

@@ -26,6 +26,8 @@ class StepMetrics:
     video_total: int
     audio_kept: int
     audio_total: int
+    split: float = 0.0
+    """The searched split's head loss (0 without ``fusion.split: searched``)."""
 
     @property
     def kept(self) -> float:
@@ -34,7 +36,8 @@ class StepMetrics:
 
     def line(self, steps: int) -> str:
         return (f"step {self.step}/{steps} | loss {self.loss:.4f} | ce {self.ce:.4f} | kd {self.kd:.4f} | "
-                f"kept {100 * self.kept:.1f}% (video {self.video_kept}/{self.video_total}, "
+                + (f"split {self.split:.4f} | " if self.split else "")
+                + f"kept {100 * self.kept:.1f}% (video {self.video_kept}/{self.video_total}, "
                 f"audio {self.audio_kept}/{self.audio_total}) | lr {self.lr:.2e} (block {self.block_lr:.2e}) | "
                 f"{self.step_ms:.0f} ms/step")
 

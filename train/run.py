@@ -147,6 +147,7 @@ class FusionRecipe:
     def step(self, step: int):
         """One optimizer step (``grad_accum`` micro-batches); returns its metrics (averaged over ranks)."""
         from train import loss as losses
+        from train import split_search
         from train.logs import StepMetrics
 
         cfg, t0 = self.cfg, time.perf_counter()
@@ -156,13 +157,16 @@ class FusionRecipe:
             self.set_temperature(annealed_temperature(cfg.fusion.temperature, cfg.fusion.temperature_final, step,
                                                       cfg.train.steps))
         lrs = dict(zip((g["name"] for g in self.scheduler.optimizer.param_groups), self.scheduler.get_last_lr()))
-        totals = torch.zeros(7, dtype=torch.float64)  # loss, ce, kd, video kept/total, audio kept/total
+        totals = torch.zeros(8, dtype=torch.float64)  # loss, ce, kd, video kept/total, audio kept/total, split
+        searched = cfg.fusion.split == "searched"
         for micro in range(cfg.train.grad_accum):
             indices = self.order.micro_batch(step, micro, self.rank, self.world, cfg.train.grad_accum,
                                              cfg.train.micro_batch_size)
             batch = self.batch(indices)
             labels = batch.pop("labels")
             teacher = losses.teacher_logits(self.engine.module, batch) if cfg.loss.kd else None
+            block = split_search.active_block(self.fusion_blocks()) if searched else None
+            candidates = split_search.candidate_losses(self.thinker, block, batch, labels) if searched else None
             out = self.engine(**batch)
             aligned = losses.pruned_labels(labels, out.source_index)
             ce = losses.cross_entropy(out.logits, aligned)
@@ -171,23 +175,29 @@ class FusionRecipe:
                 kd = losses.distillation(losses.answer_logits(out.logits, aligned),
                                          losses.answer_teacher_logits(teacher, out.source_index, aligned),
                                          cfg.loss.kd_temperature)
-            loss = ce + cfg.loss.kd_weight * kd
+            split = torch.zeros((), device=ce.device)
+            if candidates is not None:
+                split = split_search.split_loss(block.last_split_logits, candidates, cfg.loss.split_temperature,
+                                                block.last_split_distance, cfg.loss.split_prior)
+            loss = ce + cfg.loss.kd_weight * kd + cfg.loss.split_weight * split
             self.engine.backward(loss)
             self.engine.step()
             stats = self.thinker.last_stats
             totals += torch.tensor([loss.item(), ce.item(), kd.item(), stats.video_after.sum().item(),
                                     stats.video_before.sum().item(), stats.audio_after.sum().item(),
-                                    stats.audio_before.sum().item()], dtype=torch.float64)
-        totals[:3] /= cfg.train.grad_accum
+                                    stats.audio_before.sum().item(), split.item()], dtype=torch.float64)
+        averaged = [0, 1, 2, 7]  # the losses; the token counts are sums
+        totals[averaged] /= cfg.train.grad_accum
         if self.world > 1:
             reduced = totals.to(self.engine.device)
             torch.distributed.all_reduce(reduced)
             totals = reduced.cpu()
-            totals[:3] /= self.world
+            totals[averaged] /= self.world
         return StepMetrics(step=step + 1, loss=float(totals[0]), ce=float(totals[1]), kd=float(totals[2]),
                            lr=lrs.get("lora", 0.0), block_lr=lrs.get("block", 0.0),
                            step_ms=1000 * (time.perf_counter() - t0), video_kept=int(totals[3]),
-                           video_total=int(totals[4]), audio_kept=int(totals[5]), audio_total=int(totals[6]))
+                           video_total=int(totals[4]), audio_kept=int(totals[5]), audio_total=int(totals[6]),
+                           split=float(totals[7]))
 
     def fusion_blocks(self) -> list:
         """Every copy of the block PEFT holds (the trained one and the original), found once."""

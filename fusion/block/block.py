@@ -43,6 +43,14 @@ from fusion.block.cross_attention import CrossAttention
 from fusion.block.groups import GroupLayout, question_mask
 from fusion.block.relaxed import budget_logits, key_bias
 from fusion.block.scorer import Scorer, standardise_within
+from fusion.block.split import (
+    SplitHead,
+    modality_means,
+    proportional_distance,
+    proportional_prior,
+    split_counts,
+    split_keep,
+)
 from fusion.block.straight_through import straight_through_gate, straight_through_topk
 from fusion.errors import MethodConfigError
 from fusion.pruners.base import Compressor
@@ -137,10 +145,15 @@ class FusionBlock(nn.Module, Compressor):
                 self.gate = Gate(width)  # gamma: exactly zero at init -> identity
             self.scorer = Scorer(width, config.scorer_hidden) if config.scorer == "learned" else None
             self.allocator = AllocationHead(width, config.scorer_hidden) if config.allocation else None
+            self.splitter = SplitHead(width, config.scorer_hidden, len(config.split_shares)) \
+                if config.split == "searched" else None
         self.temperature = config.temperature  # the recipe anneals it (set_temperature)
         self.last_scores: Tensor | None = None  # (B, L) scores of the last call, for inspection
         self.last_cells: CellLayout | None = None  # cells of the last coverage-aware call
         self.last_allocation: Tensor | None = None  # (C,) its budgets: kappa (soft training) or k_c (hard)
+        self.last_split_logits: Tensor | None = None  # (B, S) split logits of the last call (with grad in training)
+        self.last_split_choice: Tensor | None = None  # (B,) index of the chosen video share
+        self.last_split_distance: Tensor | None = None  # (B, S) |share - proportional share|
 
     @staticmethod
     def _training_free_method(config: FusionConfig):
@@ -221,6 +234,8 @@ class FusionBlock(nn.Module, Compressor):
         scores = self.scores(embeds, tokens)  # (B, L)
         self.last_scores = scores.detach()
         pools = [av] if cfg.budget == "joint" else [tokens.video_mask, tokens.audio_mask]
+        if self.splitter is not None:
+            return self._select_split(tokens, embeds, scores, text)
         if not (cfg.allocation or cfg.relaxation == "soft"):
             kept, gate = straight_through_topk(scores, pools, self.retention, self.temperature)
             return Selection(keep=text | kept, embeds=embeds * gate[..., None].to(embeds.dtype))
@@ -265,6 +280,48 @@ class FusionBlock(nn.Module, Compressor):
         gate = straight_through_gate(scores, kept, pools, self.temperature)  # (B, L) forward 1 on kept
         return Selection(keep=text | kept, embeds=embeds * gate[..., None].to(embeds.dtype))
 
+    # ------------------------------------------------------------------ searched modality split
+    def split_logits(self, tokens: AVTokens, embeds: Tensor) -> Tensor:
+        """``(B, S)`` logits of the candidate video shares (head + proportional prior, ``fusion/block/split.py``)."""
+        # detached: the head learns from the search alone, the fusion layers from the LM loss alone
+        video_mean, audio_mean = modality_means(embeds.detach(), tokens.video_mask, tokens.audio_mask)  # (B, D)
+        logits = self.splitter(self._question_means(tokens), video_mean, audio_mean).float()  # (B, S)
+        shares = torch.tensor(self.config.split_shares, device=logits.device)
+        n_video, n_audio = tokens.video_mask.sum(1), tokens.audio_mask.sum(1)
+        self.last_split_distance = proportional_distance(shares, n_video, n_audio)  # (B, S)
+        return logits + proportional_prior(shares, n_video, n_audio)
+
+    def split_counts(self, tokens: AVTokens) -> tuple[Tensor, Tensor]:
+        """``(B, S)`` video and audio keep counts of every candidate share at the current retention."""
+        shares = torch.tensor(self.config.split_shares, device=tokens.embeds.device)
+        return split_counts(shares, tokens.video_mask.sum(1), tokens.audio_mask.sum(1), self.retention)
+
+    def split_candidates(self, tokens: AVTokens) -> list[Selection]:
+        """The hard selection of every candidate share, fused and scored once (the trainer's search; no gate)."""
+        cfg = self.config
+        layout = GroupLayout.build(tokens, cfg.neighbours, cfg.instruction, self.base.turn_end_token_id)
+        embeds = self.fuse(tokens, layout) if cfg.fused else tokens.embeds  # (B, L, D)
+        scores = self.scores(embeds, tokens)  # (B, L)
+        text = tokens.attention_mask.bool() & ~tokens.av_mask
+        k_video, k_audio = self.split_counts(tokens)  # (B, S) each
+        return [Selection(keep=text | split_keep(scores, tokens.video_mask, tokens.audio_mask, k_video[:, s],
+                                                 k_audio[:, s]), embeds=embeds)
+                for s in range(k_video.shape[1])]
+
+    def _select_split(self, tokens: AVTokens, embeds: Tensor, scores: Tensor, text: Tensor) -> Selection:
+        """Keep the top-``k_v`` video and top-``k_a`` audio tokens with the head's share (argmax of its logits)."""
+        logits = self.split_logits(tokens, embeds)  # (B, S)
+        choice = logits.detach().argmax(1)  # (B,)
+        self.last_split_logits, self.last_split_choice = logits, choice
+        k_video, k_audio = self.split_counts(tokens)  # (B, S)
+        pick = choice[:, None]
+        kept = split_keep(scores, tokens.video_mask, tokens.audio_mask, k_video.gather(1, pick).squeeze(1),
+                          k_audio.gather(1, pick).squeeze(1))  # (B, L)
+        if not self.training:
+            return Selection(keep=text | kept, embeds=embeds)
+        gate = straight_through_gate(scores, kept, [tokens.video_mask, tokens.audio_mask], self.temperature)
+        return Selection(keep=text | kept, embeds=embeds * gate[..., None].to(embeds.dtype))
+
     def _question_means(self, tokens: AVTokens) -> Tensor:
         """``(B, D)`` mean input embedding of each sample's question tokens (0 without a question)."""
         q = question_mask(tokens, self.base.turn_end_token_id).to(tokens.embeds.dtype)  # (B, L)
@@ -275,4 +332,5 @@ class FusionBlock(nn.Module, Compressor):
         c = self.config
         return (f"retention={c.retention}, budget={c.budget}, scorer={c.scorer}, fused={c.fused}, "
                 f"instruction={c.instruction}, standardise={c.standardise}, dim={c.dim}, heads={c.heads}, "
-                f"layers={c.layers}, neighbours={c.neighbours}, allocation={c.allocation}, relaxation={c.relaxation}")
+                f"layers={c.layers}, neighbours={c.neighbours}, allocation={c.allocation}, relaxation={c.relaxation}, "
+                f"split={c.split}")

@@ -68,6 +68,14 @@ class FusionConfig:
     ``allocation``): the hard per-cell top-k, plus each cell's next-best token at weight frac(kappa_c) (attention
     bias log frac), so the budgets learn whether one more token of a cell helps; the scores learn through the
     straight-through gate. Evaluation always uses the hard top-k."""
+    split: Literal["off", "searched"] = "off"
+    """searched (``fusion/block/split.py``): a head reads the question and the clip and picks the video share of the
+    joint budget among ``split_shares``; each modality then keeps its top-scored tokens. It learns from a search:
+    the trainer scores every candidate share with the current model (no gradient) and trains the head toward the
+    lowest answer loss (``loss.split_weight``, ``loss.split_temperature``). At initialisation it picks the share
+    nearest the proportional split. off: the split emerges from one joint top-k."""
+    split_shares: list[float] = field(default_factory=lambda: [0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0])
+    """Candidate video shares of the joint budget for ``split: searched`` (sorted, in [0, 1], at least two)."""
     temperature_final: float | None = None
     """tau at the last training step (geometric schedule from ``temperature``); None = constant tau."""
     init_seed: int = 0
@@ -98,6 +106,19 @@ class FusionConfig:
             raise invalid("allocation" if self.allocation else "relaxation",
                           f"applies to the learned scorer only; fusion.scorer={self.scorer!r} ranks by its own rule "
                           "(set fusion.allocation=false fusion.relaxation=ste)")
+        if self.split not in ("off", "searched"):
+            raise invalid("split", f"must be 'off' or 'searched', got {self.split!r}")
+        if self.split == "searched":
+            if self.scorer != "learned" or self.allocation or self.relaxation != "ste" or self.budget != "joint":
+                raise invalid("split", "'searched' splits one joint budget of the learned scorer between the "
+                                       "modalities: it needs fusion.scorer=learned fusion.budget=joint "
+                                       "fusion.allocation=false fusion.relaxation=ste")
+            shares = self.split_shares
+            if not (isinstance(shares, (list, tuple)) and all(isinstance(f, (int, float)) and not isinstance(f, bool)
+                                                              and 0.0 <= f <= 1.0 for f in shares)
+                    and len(set(shares)) >= 2):
+                raise invalid("split_shares", f"needs at least two distinct video shares in [0, 1], got {shares!r}")
+            self.split_shares = sorted(float(f) for f in shares)
         if self.scorer != "learned":
             from fusion.pruners import METHODS
 

@@ -1,0 +1,74 @@
+"""The training signal of the block's searched modality split (``fusion.split: searched``, ``fusion/block/split.py``).
+
+For every sample and every candidate video share ``s`` the current model (LoRA and block as they are now) is run
+once with that split -- hard selection, no gradient, the encoders run once for all ``S`` candidates -- and the
+answer's cross-entropy ``l_s`` is recorded. The head learns toward the shares with the lowest loss::
+
+    q       = softmax(-(l + lambda d) / T)                      (B, S) target (T = loss.split_temperature,
+                                                                lambda = loss.split_prior, d = |f - N_v / N|)
+    L_split = mean_b KL(q_b || softmax(a_b))                    a = the head's logits in the training forward
+
+The search costs ``S`` extra language-model passes per step (no backward); the gradient step itself is the
+ordinary one, with the split the head chooses now (on-policy).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from train.loss import per_sample_cross_entropy, pruned_labels
+
+_TOKEN_INPUTS: frozenset[str] | None = None
+
+
+def _token_inputs(thinker) -> frozenset[str]:
+    """The media/text arguments ``build_tokens`` accepts (the collated batch may hold more)."""
+    global _TOKEN_INPUTS
+    if _TOKEN_INPUTS is None:
+        _TOKEN_INPUTS = frozenset(inspect.signature(thinker.build_tokens).parameters) - {"requires"}
+    return _TOKEN_INPUTS
+
+
+def active_block(blocks: list):
+    """The copy of the block PEFT trains (its parameters require grad), else the first one."""
+    for block in blocks:
+        if any(p.requires_grad for p in block.parameters()):
+            return block
+    return blocks[0]
+
+
+@torch.no_grad()
+def candidate_losses(thinker, block, batch: dict, labels: Tensor) -> Tensor:
+    """``(B, S)`` answer cross-entropy of every sample under every candidate share (the model as it is now)."""
+    from fusion.model.keep import apply_keep
+
+    inputs = {k: v for k, v in batch.items() if k in _token_inputs(thinker)}
+    tokens = thinker.build_tokens(requires=block.requires, **inputs)
+    pad = thinker.config.get_text_config().pad_token_id or 0
+    was_training = block.training
+    block.eval()  # the hard selection, no straight-through gate
+    try:
+        selections = block.split_candidates(tokens)
+    finally:
+        block.train(was_training)
+    losses = []
+    for selection in selections:  # S (a few) candidate splits
+        pruned = apply_keep(tokens, selection, padding_side="right", pad_token_id=pad)
+        hidden = thinker.model.language_model(inputs_embeds=pruned.inputs_embeds, attention_mask=pruned.attention_mask,
+                                              position_ids=pruned.position_ids, return_dict=True).last_hidden_state
+        _, per_sample = per_sample_cross_entropy(thinker.lm_head(hidden), pruned_labels(labels, pruned.source_index))
+        losses.append(per_sample)  # (B,)
+    return torch.stack(losses, 1)  # (B, S)
+
+
+def split_loss(logits: Tensor, losses: Tensor, temperature: float, distance: Tensor | None = None,
+               prior: float = 0.0) -> Tensor:
+    """``mean_b KL(softmax(-(l_b + lambda d_b) / T) || softmax(a_b))`` for head logits ``a``, candidate losses ``l``
+    and distances ``d`` to the proportional share, all ``(B, S)``."""
+    cost = losses.float() if distance is None else losses.float() + prior * distance.float()
+    target = F.log_softmax(-cost / temperature, dim=1)  # (B, S)
+    return F.kl_div(F.log_softmax(logits.float(), dim=1), target, log_target=True, reduction="batchmean")
