@@ -157,3 +157,25 @@ def test_a_trained_split_round_trips_through_the_adapter_config(tmp_path, tiny):
     config, _ = load_fusion_config(tmp_path)
     assert config.split == "searched" and config.split_shares == [0.0, 0.25, 1.0]
     assert math.isclose(config.retention, 0.1)
+
+
+def test_the_trainer_forces_an_exploring_share_for_one_training_forward(tiny):
+    from train.split_search import exploring_share
+
+    draws = exploring_share(4000, 9, 0.5, torch.Generator().manual_seed(0))
+    assert abs(float((draws == -1).float().mean()) - 0.5) < 0.03  # half the samples keep the head's choice
+    assert torch.bincount(draws[draws >= 0], minlength=9).min() > 150  # the others: every share
+    assert torch.equal(draws, exploring_share(4000, 9, 0.5, torch.Generator().manual_seed(0)))
+    model = tiny[0]
+    block = _block(model, 0.25, split_shares=[0.0, 0.5, 1.0]).train()
+    with torch.no_grad():
+        tokens = model.build_tokens(**random_inputs(model, seconds=5, batch_size=2, seed=3))
+        block(tokens)
+        head = block.last_split_choice.clone()
+        block.force_split(torch.tensor([2, -1]))
+        forced = block(tokens)
+        again = block(tokens)  # the override is used once
+    k_video, _ = split_counts(torch.tensor([0.0, 0.5, 1.0]), tokens.video_mask.sum(1), tokens.audio_mask.sum(1), 0.25)
+    assert (forced.keep & tokens.video_mask).sum(1).tolist() == [int(k_video[0, 2]), int(k_video[1, head[1]])]
+    assert block.forced_split is None
+    assert torch.equal((again.keep & tokens.video_mask).sum(1), k_video.gather(1, head[:, None])[:, 0])

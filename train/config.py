@@ -211,6 +211,9 @@ class LossConfig:
     head's loss toward the candidate shares with the lowest answer loss l (``train/split_search.py``)."""
     split_temperature: float = 0.1
     """T of that target: smaller = closer to the single best share."""
+    split_explore: float = 0.5
+    """Probability that a sample's gradient step uses a uniformly random candidate share instead of the head's
+    (LoRA then learns every split; without it the head's first choice confirms itself)."""
     split_prior: float = 0.0
     """lambda: the target's cost of a share is l + lambda |share - proportional share|, so a far share must lower
     the answer loss by that much to win (where all are equally bad the proportional one stays)."""
@@ -218,8 +221,10 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.kd_weight < 0 or not self.kd_temperature > 0:
             raise invalid("kd_weight", "kd_weight must be >= 0 and kd_temperature > 0")
-        if self.split_weight < 0 or not self.split_temperature > 0 or self.split_prior < 0:
-            raise invalid("split_weight", "split_weight and split_prior must be >= 0 and split_temperature > 0")
+        if self.split_weight < 0 or not self.split_temperature > 0 or self.split_prior < 0 \
+                or not 0 <= self.split_explore <= 1:
+            raise invalid("split_weight", "split_weight and split_prior must be >= 0, split_temperature > 0 and "
+                                          "split_explore in [0, 1]")
 
 
 @dataclass

@@ -167,6 +167,10 @@ class FusionRecipe:
             teacher = losses.teacher_logits(self.engine.module, batch) if cfg.loss.kd else None
             block = split_search.active_block(self.fusion_blocks()) if searched else None
             candidates = split_search.candidate_losses(self.thinker, block, batch, labels) if searched else None
+            if candidates is not None:
+                block.force_split(split_search.exploring_share(candidates.shape[0], candidates.shape[1],
+                                                               cfg.loss.split_explore,
+                                                               self.exploration(step, micro)))
             out = self.engine(**batch)
             aligned = losses.pruned_labels(labels, out.source_index)
             ce = losses.cross_entropy(out.logits, aligned)
@@ -198,6 +202,12 @@ class FusionRecipe:
                            step_ms=1000 * (time.perf_counter() - t0), video_kept=int(totals[3]),
                            video_total=int(totals[4]), audio_kept=int(totals[5]), audio_total=int(totals[6]),
                            split=float(totals[7]))
+
+    def exploration(self, step: int, micro: int) -> torch.Generator:
+        """The searched split's exploration draws of one micro-batch: a function of (seed, step, micro, rank) only,
+        so a resumed run draws what the uninterrupted one did."""
+        seed = ((self.cfg.train.seed * 1_000_003 + step) * 1_009 + micro) * 1_013 + self.rank
+        return torch.Generator().manual_seed(seed)
 
     def fusion_blocks(self) -> list:
         """Every copy of the block PEFT holds (the trained one and the original), found once."""

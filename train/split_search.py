@@ -8,8 +8,15 @@ answer's cross-entropy ``l_s`` is recorded. The head learns toward the shares wi
                                                                 lambda = loss.split_prior, d = |f - N_v / N|)
     L_split = mean_b KL(q_b || softmax(a_b))                    a = the head's logits in the training forward
 
-The search costs ``S`` extra language-model passes per step (no backward); the gradient step itself is the
-ordinary one, with the split the head chooses now (on-policy).
+The search costs ``S`` extra language-model passes per step (no backward). Which split the gradient step itself
+uses matters (both failures measured on ToyWorld at 10 %):
+
+* the head's own choice: LoRA adapts to whatever the head picks and the search keeps confirming it -- the split
+  stayed proportional although twice the video tokens cut the shape-count loss from 1.6 to 0;
+* each sample's best share (teacher forcing): the choice depends on the answer, and the training loss fell to
+  0.01 by step 100 -- LoRA reads the answer from the split, which it cannot at test time;
+
+so it explores: with probability ``loss.split_explore`` a uniformly random share (answer-free), else the head's.
 """
 
 from __future__ import annotations
@@ -63,6 +70,14 @@ def candidate_losses(thinker, block, batch: dict, labels: Tensor) -> Tensor:
         _, per_sample = per_sample_cross_entropy(thinker.lm_head(hidden), pruned_labels(labels, pruned.source_index))
         losses.append(per_sample)  # (B,)
     return torch.stack(losses, 1)  # (B, S)
+
+
+def exploring_share(batch_size: int, n_shares: int, explore: float, generator: torch.Generator) -> Tensor:
+    """``(B,)`` forced share of the gradient step: uniform over the ``S`` candidates with probability ``explore``,
+    else -1 (the head's own choice). Drawn from the trainer's generator, never from the answer."""
+    random = torch.randint(0, n_shares, (batch_size,), generator=generator)
+    explore_mask = torch.rand(batch_size, generator=generator) < explore
+    return torch.where(explore_mask, random, torch.full_like(random, -1))
 
 
 def split_loss(logits: Tensor, losses: Tensor, temperature: float, distance: Tensor | None = None,

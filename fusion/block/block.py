@@ -154,6 +154,7 @@ class FusionBlock(nn.Module, Compressor):
         self.last_split_logits: Tensor | None = None  # (B, S) split logits of the last call (with grad in training)
         self.last_split_choice: Tensor | None = None  # (B,) index of the chosen video share
         self.last_split_distance: Tensor | None = None  # (B, S) |share - proportional share|
+        self.forced_split: Tensor | None = None  # (B,) share index the next training forward uses (-1: the head's)
 
     @staticmethod
     def _training_free_method(config: FusionConfig):
@@ -304,14 +305,26 @@ class FusionBlock(nn.Module, Compressor):
         scores = self.scores(embeds, tokens)  # (B, L)
         text = tokens.attention_mask.bool() & ~tokens.av_mask
         k_video, k_audio = self.split_counts(tokens)  # (B, S) each
+        shares = torch.tensor(cfg.split_shares, device=scores.device)
+        self.last_split_distance = proportional_distance(shares, tokens.video_mask.sum(1), tokens.audio_mask.sum(1))
         return [Selection(keep=text | split_keep(scores, tokens.video_mask, tokens.audio_mask, k_video[:, s],
                                                  k_audio[:, s]), embeds=embeds)
                 for s in range(k_video.shape[1])]
 
+    def force_split(self, choice: Tensor) -> None:
+        """Make the next training forward keep the share ``choice (B,)`` instead of the head's argmax where
+        ``choice >= 0`` (the trainer's exploration: the LM and fusion layers also learn on splits the head does not
+        pick yet)."""
+        self.forced_split = choice.detach().long()
+
     def _select_split(self, tokens: AVTokens, embeds: Tensor, scores: Tensor, text: Tensor) -> Selection:
-        """Keep the top-``k_v`` video and top-``k_a`` audio tokens with the head's share (argmax of its logits)."""
+        """Keep the top-``k_v`` video and top-``k_a`` audio tokens with the head's share (argmax of its logits), or in
+        training the share forced by :meth:`force_split`."""
         logits = self.split_logits(tokens, embeds)  # (B, S)
         choice = logits.detach().argmax(1)  # (B,)
+        if self.training and self.forced_split is not None:  # the trainer's exploration, for this forward only
+            forced, self.forced_split = self.forced_split.to(choice.device), None
+            choice = torch.where(forced >= 0, forced, choice)
         self.last_split_logits, self.last_split_choice = logits, choice
         k_video, k_audio = self.split_counts(tokens)  # (B, S)
         pick = choice[:, None]
