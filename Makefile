@@ -46,4 +46,4 @@ lock:
 	$(PYTHON) scripts/lock.py --python $(PYTHON)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

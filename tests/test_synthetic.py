@@ -24,3 +24,21 @@ def test_same_layout_as_the_thinker(tiny, kind):
     assert torch.equal(ours.time_id, ref.time_id) and torch.equal(ours.time_group, ref.time_group)
     assert torch.equal(ours.grid_place, ref.grid_place)
     assert ours.embeds.shape == ref.embeds.shape
+
+
+def test_separate_blocks_same_layout_as_the_thinker(tiny):
+    """``interleaved=False``: a video block then an audio block (no use_audio_in_video), as the thinker annotates it."""
+    model = tiny[0]
+    ours = synthetic_tokens(model.config, grid_t=5, grid_hw=(8, 8), n_audio=125, interleaved=False)
+    video = random_inputs(model, seconds=5, seed=0, frame_size=112, video=True, audio=False)
+    audio = random_inputs(model, seconds=5, seed=0, video=False, audio=True)
+    media = {k: v for k, v in video.items() if k.startswith(("pixel", "video"))}
+    media.update({k: v for k, v in audio.items() if k in ("input_features", "feature_attention_mask")})
+    with torch.no_grad():
+        ref = model.build_tokens(ours.input_ids, attention_mask=ours.attention_mask, **media)
+    v, a = ours.video_mask[0].nonzero().flatten(), ours.audio_mask[0].nonzero().flatten()
+    assert int(v.max()) < int(a.min()), "every video token comes before the audio block"
+    assert torch.equal(ours.modality, ref.modality)
+    assert torch.equal(ours.position_ids, ref.position_ids)
+    assert torch.equal(ours.time_id, ref.time_id) and torch.equal(ours.time_group, ref.time_group)
+    assert int(ours.time_id[0, a[0]]) == 0, "the audio block's time starts at 0"

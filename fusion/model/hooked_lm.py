@@ -28,6 +28,7 @@ from fusion.model.llm_hooks import (
     layer_query,
     prefill_mask,
 )
+from fusion.model.padding import padding_side_of
 from fusion.tokens import AVTokens, KeepStats, Modality, Selection
 
 BACKENDS = ("sdpa", "eager")
@@ -228,16 +229,18 @@ def _restrict(state: HookedState, hook: LLMHook, prev_layer, layer_input: Tensor
     return attention_mask(index_valid[:, None, :], dtype, backend)  # (B, 1, 1, W)
 
 
-def hooked_forward(thinker, tokens: AVTokens, pruned: PrunedBatch, hook: LLMHook, padding_side: str = "right",
+def hooked_forward(thinker, tokens: AVTokens, pruned: PrunedBatch, hook: LLMHook, padding_side: str | None = None,
                    **kwargs) -> tuple[Tensor, PrunedBatch]:
     """Prefill-only forward for the thinker's ``forward`` (training, scoring): ``(hidden (B, S, D), batch)``.
 
-    No cache is returned (decode hooked models with ``generate``); ``output_attentions`` /
-    ``output_hidden_states`` are not available on this path.
+    The tokens the hook drops are re-padded on ``padding_side`` (None: the side ``pruned`` is padded on). No cache
+    is returned (decode hooked models with ``generate``); ``output_attentions`` / ``output_hidden_states`` are not
+    available on this path.
     """
     unsupported = sorted(k for k in ("output_attentions", "output_hidden_states") if kwargs.get(k))
     if unsupported:
         raise UnsupportedOptionError(f"{hook.name}: {unsupported} are not available when a method acts inside the "
                                      "language model; drop them (the hook computes its attention rows itself)")
+    padding_side = padding_side_of(pruned.attention_mask) if padding_side is None else padding_side
     state = run_prefill(thinker, tokens, pruned, hook, padding_side, use_cache=False)
     return state.hidden, state.batch

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from fusion.errors import SelectionError
+from fusion.model.padding import check_padding_side, padded_on
 from fusion.tokens import AVTokens, Selection
 
 IGNORE_INDEX = -100
@@ -69,22 +70,23 @@ def apply_keep(
     padding_side: str = "right",
     pad_token_id: int = 0,
 ) -> PrunedBatch:
-    """Gather the kept tokens of every sample, in their original order, and re-pad the batch.
+    """Gather the kept tokens of every sample, in their original order, and re-pad the batch on ``padding_side``.
 
     Kept order is preserved by a stable sort of the keep mask: kept tokens first (right padding, for training
     and scoring) or last (left padding, for batched generation). Embeddings, attention mask, the full
-    TMRoPE ids and labels are all gathered with the same indices. When everything is kept and there is
-    no padding, the inputs are returned untouched (retention 1.0 is the identity at no cost).
+    TMRoPE ids and labels are all gathered with the same indices. When no real token is dropped and the input is
+    already padded on ``padding_side`` (or not padded), the inputs are returned untouched, padding included
+    (retention 1.0 is the identity, position for position, at no cost).
     """
-    if padding_side not in ("right", "left"):
-        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    check_padding_side(padding_side)
     keep = check_selection(selection, tokens)
     embeds = tokens.embeds if selection.embeds is None else selection.embeds
     B, L, D = embeds.shape
     count = keep.sum(1)  # (B,)
     positions = tokens.position_ids
-    if bool(keep.all()):
-        source = torch.arange(L, device=keep.device).expand(B, L)
+    real = tokens.attention_mask.bool()
+    if torch.equal(keep, real) and padded_on(tokens.attention_mask, padding_side):
+        source = torch.arange(L, device=keep.device).expand(B, L).masked_fill(~real, -1)  # (B, L)
         return PrunedBatch(embeds, tokens.attention_mask, positions, tokens.input_ids, labels, source,
                            _rope_deltas(positions, keep, count), selection.key_bias)
 

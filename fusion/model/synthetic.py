@@ -35,6 +35,7 @@ def synthetic_tokens(
     question_tokens: int = 6,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    interleaved: bool = True,
 ) -> AVTokens:
     """One sample: ``prompt`` text, one media block, ``question`` text, annotated like the thinker does.
 
@@ -42,17 +43,22 @@ def synthetic_tokens(
         config: a Qwen2.5-Omni thinker config (token ids, merge size, TMRoPE settings, hidden size).
         grid_t: temporal grids of the video (0 = no video). One grid = ``second_per_grid`` seconds.
         grid_hw: ``(grid_h, grid_w)`` in patch units (``(24, 24)`` = 336 px = 144 merged tokens per grid).
-        n_audio: audio tokens (25 per second; 0 = no audio). With video too, the block is interleaved in 2-s chunks.
+        n_audio: audio tokens (25 per second; 0 = no audio). With video too, the block is interleaved in 2-s chunks
+            (``use_audio_in_video``) unless ``interleaved=False``.
         second_per_grid: seconds per temporal grid (1.0 at the processor's fps 2 with temporal patch 2).
         prompt_tokens, question_tokens: text tokens before and after the block.
         seed: seed of the embeddings and the text ids.
         dtype: embeddings dtype.
+        interleaved: with video and audio, one interleaved block (default); False = a video block followed by a
+            separate audio block (audio not taken from the video, ``use_audio_in_video=False``).
     """
     ids = SpecialIds.from_config(config)
     merge = config.vision_config.spatial_merge_size
     tokens_per_grid = (grid_hw[0] // merge) * (grid_hw[1] // merge)
-    block = av_block_ids(ids, grid_t, tokens_per_grid if grid_t else 0, second_per_grid, n_audio,
-                         config.position_id_per_seconds, config.seconds_per_chunk)
+    interleave = bool(grid_t and n_audio and interleaved)
+    blocks = [(grid_t, n_audio)] if interleave or not (grid_t and n_audio) else [(grid_t, 0), (0, n_audio)]
+    block = [i for t, a in blocks for i in av_block_ids(ids, t, tokens_per_grid if t else 0, second_per_grid, a,
+                                                        config.position_id_per_seconds, config.seconds_per_chunk)]
     g = torch.Generator().manual_seed(seed)
     banned = torch.tensor(sorted({ids.video, ids.audio, ids.image, *ids.markers}))
     text = torch.randint(1, min(config.get_text_config().vocab_size, 1000), (prompt_tokens + question_tokens,),
@@ -63,7 +69,7 @@ def synthetic_tokens(
     video_grid_thw = torch.tensor([[grid_t, *grid_hw]]) if grid_t else None
     audio_seqlens = torch.tensor([4 * n_audio]) if n_audio else None  # 4 mel frames per audio token
     position_ids, _ = _rope_owner(config).get_rope_index(
-        input_ids, None, video_grid_thw, attention_mask, bool(grid_t and n_audio), audio_seqlens,
+        input_ids, None, video_grid_thw, attention_mask, interleave, audio_seqlens,
         torch.tensor([second_per_grid]) if grid_t else None,
     )  # (3, 1, L)
     hidden = config.get_text_config().hidden_size

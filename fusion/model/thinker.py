@@ -26,6 +26,7 @@ from fusion.model.hooked_lm import hooked_forward
 from fusion.model.keep import PrunedBatch, apply_keep
 from fusion.model.layout import SpecialIds
 from fusion.model.packed_attention import use_packed_encoder_attention
+from fusion.model.padding import check_padding_side, padding_side_of
 from fusion.model.soft_mask import soft_attention_mask
 from fusion.model.video_chunks import DEFAULT_CHUNK_GRIDS, encode_video_in_chunks
 from fusion.tokens import AVTokens, KeepStats
@@ -35,13 +36,15 @@ from fusion.tokens import AVTokens, KeepStats
 class CompressedOutput(CausalLMOutputWithPast):
     """``CausalLMOutputWithPast`` plus where the logits' positions come from.
 
-    ``logits`` cover the pruned sequence. ``attention_mask`` ``(B, L')`` marks its real tokens and
-    ``source_index`` ``(B, L')`` gives each one's index in the unpruned input (-1 on padding); both are None
-    on the stock path (no media, or decoding).
+    ``logits`` cover the pruned sequence, padded on the side the input was (``forward``'s ``padding_side``).
+    ``attention_mask`` ``(B, L')`` marks its real tokens, ``source_index`` ``(B, L')`` gives each one's index in
+    the unpruned input (-1 on padding) and ``labels`` ``(B, L')`` are the given labels at those positions (-100 on
+    padding; None without labels); all three are None on the stock path (no media, or decoding).
     """
 
     attention_mask: Tensor | None = None
     source_index: Tensor | None = None
+    labels: Tensor | None = None
 
 
 def _check_finite(name: str, tensor: Tensor | None) -> None:
@@ -194,9 +197,14 @@ class CompressedThinker(Qwen2_5OmniThinkerForConditionalGeneration):
             tokens.extras[f"audio_attention_{mode}"] = full
         return tokens
 
-    def compress(self, input_ids: Tensor, labels: Tensor | None = None, padding_side: str = "right",
+    def compress(self, input_ids: Tensor, labels: Tensor | None = None, padding_side: str | None = None,
                  **media) -> PrunedBatch:
-        """Encode, select and slice once. Records ``last_stats`` and the rope deltas for cache decoding."""
+        """Encode, select and slice once. Records ``last_stats`` and the rope deltas for cache decoding.
+
+        The pruned batch is padded on ``padding_side``; None = the side ``media["attention_mask"]`` is padded on
+        (:func:`~fusion.model.padding.padding_side_of`; no padding counts as right).
+        """
+        padding_side = self._padding_side(padding_side, media.get("attention_mask"))
         compressor = self.compressor
         tokens = self.build_tokens(input_ids, requires=getattr(compressor, "requires", frozenset()), **media)
         selection = compressor(tokens)
@@ -209,6 +217,10 @@ class CompressedThinker(Qwen2_5OmniThinkerForConditionalGeneration):
         self.last_tokens = tokens
         self.model.rope_deltas = pruned.rope_deltas
         return pruned
+
+    @staticmethod
+    def _padding_side(padding_side: str | None, attention_mask: Tensor | None) -> str:
+        return padding_side_of(attention_mask) if padding_side is None else check_padding_side(padding_side)
 
     # ------------------------------------------------------------------ forward / generate
     def forward(
@@ -231,19 +243,28 @@ class CompressedThinker(Qwen2_5OmniThinkerForConditionalGeneration):
         video_second_per_grid: torch.LongTensor | None = None,
         mm_encoder_outputs: dict | None = None,
         logits_to_keep: int | Tensor = 0,
+        padding_side: str | None = None,
         **kwargs,
     ) -> CompressedOutput:
-        """Same arguments as the HF thinker (plus ``logits_to_keep``); media prefill goes through the hook."""
+        """Same arguments as the HF thinker (plus ``logits_to_keep``); media prefill goes through the hook.
+
+        The outputs of a media prefill (logits, ``attention_mask``, ``source_index``, ``labels``) are padded on
+        ``padding_side``: ``"left"``, ``"right"``, or None (default) = the side ``attention_mask`` is padded on, so
+        ``logits[:, -1]`` of a left-padded batch is every row's last token, as with the stock thinker; at retention
+        1.0 the logits equal the stock thinker's position for position.
+        """
         has_media = any(x is not None for x in (input_features, pixel_values, pixel_values_videos))
         prefill = past_key_values is None or past_key_values.get_seq_length() == 0
-        kept_mask = source_index = None
+        kept_mask = source_index = kept_labels = None
         if has_media and prefill and inputs_embeds is None and mm_encoder_outputs is None:
+            padding_side = self._padding_side(padding_side, attention_mask)
             pruned = self.compress(
-                input_ids, labels=labels, attention_mask=attention_mask, pixel_values_videos=pixel_values_videos,
-                video_grid_thw=video_grid_thw, video_second_per_grid=video_second_per_grid,
-                input_features=input_features, feature_attention_mask=feature_attention_mask,
-                audio_feature_lengths=audio_feature_lengths, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
-                use_audio_in_video=use_audio_in_video, position_ids=position_ids,
+                input_ids, labels=labels, padding_side=padding_side, attention_mask=attention_mask,
+                pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
+                video_second_per_grid=video_second_per_grid, input_features=input_features,
+                feature_attention_mask=feature_attention_mask, audio_feature_lengths=audio_feature_lengths,
+                pixel_values=pixel_values, image_grid_thw=image_grid_thw, use_audio_in_video=use_audio_in_video,
+                position_ids=position_ids,
             )
             hook = self.llm_hook()
             mask = pruned.attention_mask
@@ -253,7 +274,7 @@ class CompressedThinker(Qwen2_5OmniThinkerForConditionalGeneration):
                                          "hook, no cache; evaluate the block in eval() mode (hard top-k)")
                 mask = soft_attention_mask(pruned.attention_mask, pruned.key_bias, pruned.inputs_embeds.dtype)
             if hook is not None and hook.prefill_layer is not None:  # FastV-like: tokens drop inside the LLM
-                hidden, pruned = hooked_forward(self, self.last_tokens, pruned, hook, **kwargs)
+                hidden, pruned = hooked_forward(self, self.last_tokens, pruned, hook, padding_side, **kwargs)
                 outputs = BaseModelOutputWithPast(last_hidden_state=hidden)
             else:
                 outputs = self.model.language_model(
@@ -262,6 +283,7 @@ class CompressedThinker(Qwen2_5OmniThinkerForConditionalGeneration):
                     return_dict=True, **kwargs,
                 )
             labels, kept_mask, source_index = pruned.labels, pruned.attention_mask, pruned.source_index
+            kept_labels = labels  # None without labels
         else:
             outputs = self.model(
                 input_ids=input_ids, input_features=input_features, pixel_values=pixel_values,
@@ -282,6 +304,7 @@ class CompressedThinker(Qwen2_5OmniThinkerForConditionalGeneration):
         return CompressedOutput(
             loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions, attention_mask=kept_mask, source_index=source_index,
+            labels=kept_labels,
         )
 
     @torch.no_grad()
