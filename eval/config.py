@@ -216,7 +216,7 @@ class RunSection:
     output_dir: str = "runs/eval"
     """Run directory: config.yaml, samples.jsonl, results.json, results.md, accuracy_vs_retention.png."""
     progress: bool = True
-    """Show a tqdm progress bar."""
+    """Show progress: a tqdm bar on a terminal, a plain line every 10 % or 30 s in a log (fusion/progress.py)."""
     retry_failed: bool = False
     """On a rerun, redo the samples that failed before (default: a failure is a result and is kept)."""
 

@@ -104,9 +104,9 @@ class Runner:
             self.log(f"nothing to do: every setting x question is in {self.store.path}")
             return
         self.pool.base()
-        from tqdm import tqdm
+        from fusion.progress import progress
 
-        bar = tqdm(total=total, desc="eval", unit="row", disable=not cfg.run.progress, dynamic_ncols=True)
+        bar = progress(total=total, desc="eval", unit="row", disable=not cfg.run.progress, dynamic_ncols=True)
         try:
             for batch, settings in work:  # one batch of questions per iteration
                 if not settings:
@@ -119,8 +119,8 @@ class Runner:
                             self._failure(setting, sample, error)
                     if prepared.samples:
                         self._score(setting, prepared, todo)
+                    bar.set_postfix_str(setting.key)  # shown by update (a log line names the setting just done)
                     bar.update(len(todo))
-                    bar.set_postfix_str(setting.key)
         finally:
             bar.close()
             self.store.close()
