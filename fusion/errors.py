@@ -57,6 +57,11 @@ class AdapterMismatchError(AVFusionError, ValueError):
     """An adapter trained on another backbone (different size or architecture) than the one it is loaded onto."""
 
 
+class UnsafeWeightsError(AVFusionError, ValueError):
+    """A file that would have to be unpickled (``.bin``/``.pt``/``.pkl``, or a pickle a weights-only load refuses)
+    where av-fusion only reads safetensors and JSON; nothing in it was loaded."""
+
+
 class ModelLoadError(AVFusionError, OSError):
     """A model name or path that cannot be resolved or loaded."""
 
