@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from adapter_helpers import tiny_adapter
 
 import fusion.data.processor as processor_module
 import fusion.model.loading as loading
-from fusion import METHODS, load_model
-from fusion.block import attach_block, export_adapter
+from fusion import load_model
+from fusion.block import attach_block
 from fusion.errors import UnsafeWeightsError
 from fusion.model.thinker import CompressedThinker
 from train.checkpoint import weights_only_load, weights_only_loads
-from train.config import LLM_LORA_REGEX
 
 REPO = Path(__file__).resolve().parents[1]
 UNPICKLED: list[str] = []
@@ -40,15 +39,8 @@ class Payload:
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
-    """A real tiny adapter directory (LoRA + block + fusion_config.json), as tests/test_block_adapter.py makes one."""
-    thinker, _ = load_model("tiny-random")
-    block = METHODS.build("fusion", retention=0.3, dim=32, heads=4, scorer_hidden=16)
-    thinker.set_compressor(block.bind(thinker.config))
-    model = get_peft_model(thinker, LoraConfig(r=4, lora_alpha=8, target_modules=LLM_LORA_REGEX,
-                                               modules_to_save=["av_fusion"]))
-    directory = tmp_path_factory.mktemp("adapter") / "adapter"
-    export_adapter(model, directory)
-    return directory
+    """A real tiny adapter directory (LoRA + block + fusion_config.json)."""
+    return tiny_adapter(tmp_path_factory.mktemp("adapter") / "adapter")
 
 
 @pytest.fixture
