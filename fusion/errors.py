@@ -33,6 +33,10 @@ class InputMismatchError(AVFusionError, ValueError):
     """Model inputs that contradict each other (placeholder counts vs features, shapes, grids)."""
 
 
+class ContextLengthError(InputMismatchError):
+    """A sample whose token sequence (text + video + audio) is longer than the model's context."""
+
+
 class NonFiniteFeaturesError(AVFusionError, ValueError):
     """NaN or Inf in the encoders' outputs or in the inputs themselves."""
 
