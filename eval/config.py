@@ -105,6 +105,11 @@ class DataConfig:
     prompt)."""
     use_audio: bool = True
     """Feed each clip's audio track (interleaved with its video); false = a video-only control."""
+    on_error: Literal["skip", "fail"] = "skip"
+    """A question whose media cannot be used (missing, empty, corrupt, no video stream, longer than the model's
+    context): skip = record it with its error and go on; it is counted (n_skipped, n_failed), named in results.json
+    and results.md, and left out of accuracy, which is reported over the scored questions and, as
+    accuracy_strict, with the unscored ones counted wrong; fail = stop the run at the first one (exit status 2)."""
 
     def __post_init__(self) -> None:
         if self.benchmark == "worldsense" and not self.worldsense.root:
