@@ -3,8 +3,10 @@
 For a setting with rows ``S`` (``F`` of them failed, ``S_ok = S - F`` scored):
 
 * accuracy (%), per grouping: per value ``100 * correct / n`` over the scored samples of that value, ``all`` over
-  every scored sample, ``mean`` = the unweighted mean over the values; failed samples are counted in ``n_failed``
-  and left out of every accuracy;
+  every scored sample, ``mean`` = the unweighted mean over the values; unscored samples are left out of every
+  accuracy but never out of sight: ``n_failed`` counts them all, ``n_skipped`` those whose media could not be used
+  (``stage: data``, ``data.on_error: skip``), ``unscored`` names each (id, stage, error), and ``accuracy_strict`` =
+  ``100 * correct / S`` counts them as wrong;
 * measured retention per modality ``m`` in (video, audio, total): token-weighted ``sum_i after_i / sum_i before_i``
   and per-sample mean ``mean_i (after_i / before_i)`` over samples with ``before_i > 0`` (null when none);
 * ``prefill_ms`` / ``generate_ms``: mean and median of the per-sample times (batch time / batch size);
@@ -80,6 +82,7 @@ def setting_row(setting: Setting, rows: list[dict], cfg: EvalConfig, orders: dic
     """The result row of one setting (module doc)."""
     ok = [r for r in rows if not r.get("error")]
     failed = [r for r in rows if r.get("error")]
+    skipped = [r for r in failed if r.get("stage") == "data"]
     retention, tokens = retention_table(ok)
     flops = None
     if ok:
@@ -89,8 +92,10 @@ def setting_row(setting: Setting, rows: list[dict], cfg: EvalConfig, orders: dic
     return {
         "name": setting.name, "key": setting.key, "method": setting.method, "params": setting.params,
         "retention_nominal": setting.retention, "adapter": setting.adapter, "hash": setting.hash,
-        "n_samples": len(rows), "n_failed": len(failed), "errors": errors[:5],
+        "n_samples": len(rows), "n_failed": len(failed), "n_skipped": len(skipped), "errors": errors[:5],
+        "unscored": [{"id": r["id"], "stage": r.get("stage", "model"), "error": r["error"]} for r in failed],
         "accuracy": {g.name: accuracy_table(ok, g.name, orders[g.name]) for g in cfg.groups},
+        "accuracy_strict": 100.0 * sum(bool(r["correct"]) for r in ok) / len(rows) if rows else None,
         "retention": retention, "tokens": tokens,
         "prefill_ms": _times([r["prefill_ms"] for r in ok]), "generate_ms": _times([r["generate_ms"] for r in ok]),
         "peak_memory_mb": max((r["peak_memory_mb"] for r in ok), default=None),

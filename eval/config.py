@@ -105,6 +105,11 @@ class DataConfig:
     prompt)."""
     use_audio: bool = True
     """Feed each clip's audio track (interleaved with its video); false = a video-only control."""
+    on_error: Literal["skip", "fail"] = "skip"
+    """A question whose media cannot be used (missing, empty, corrupt, no video stream, longer than the model's
+    context): skip = record it with its error and go on; it is counted (n_skipped, n_failed), named in results.json
+    and results.md, and left out of accuracy, which is reported over the scored questions and, as
+    accuracy_strict, with the unscored ones counted wrong; fail = stop the run at the first one (exit status 2)."""
 
     def __post_init__(self) -> None:
         if self.benchmark == "worldsense" and not self.worldsense.root:
@@ -216,7 +221,7 @@ class RunSection:
     output_dir: str = "runs/eval"
     """Run directory: config.yaml, samples.jsonl, results.json, results.md, accuracy_vs_retention.png."""
     progress: bool = True
-    """Show a tqdm progress bar."""
+    """Show progress: a tqdm bar on a terminal, a plain line every 10 % or 30 s in a log (fusion/progress.py)."""
     retry_failed: bool = False
     """On a rerun, redo the samples that failed before (default: a failure is a result and is kept)."""
 

@@ -122,13 +122,14 @@ def to_device(inputs: dict, device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def prepare(samples: list[MCQSample], processor, cfg: DataConfig, device: torch.device,
-            dtype: torch.dtype) -> Prepared:
+            dtype: torch.dtype, context: int | None = None) -> Prepared:
     """Decode each sample's media (once), render its prompt and build one left-padded eval batch.
 
-    A sample whose media cannot be decoded, or whose processing fails on its own, goes to ``failed`` with its
-    error; the others form the batch.
+    A sample whose media cannot be decoded, whose processing fails on its own, or whose sequence is longer than
+    ``context`` tokens (the model's, :func:`fusion.data.batching.context_errors`) goes to ``failed`` with its error;
+    the others form the batch.
     """
-    from fusion.data.batching import collate
+    from fusion.data.batching import collate, context_errors
     from fusion.data.media import MediaSettings, load_media
 
     settings = MediaSettings.from_processor(processor, max_frames=cfg.max_frames)
@@ -151,6 +152,16 @@ def prepare(samples: list[MCQSample], processor, cfg: DataConfig, device: torch.
             return Prepared([], None, None, failed)
         batch = collate([s for s, _ in good_media], processor, mode="eval", style=cfg.prompt,
                         media=[m for _, m in good_media], use_audio=cfg.use_audio)
+    too_long = context_errors(batch, processor, context)
+    if too_long:  # rebuild the batch without them (their attention would not fit)
+        failed += [(s, error_text(e)) for s, e in too_long]
+        dropped = {s.id for s, _ in too_long}
+        media_of = {id(s): m for s, m in zip(good, media)}
+        kept = [(s, media_of[id(s)]) for s in batch.samples if s.id not in dropped]
+        if not kept:
+            return Prepared([], None, None, failed)
+        batch = collate([s for s, _ in kept], processor, mode="eval", style=cfg.prompt, media=[m for _, m in kept],
+                        use_audio=cfg.use_audio)
     inputs = to_device(batch.model_inputs(with_labels=False), device, dtype)
     return Prepared(batch.samples, inputs, batch.n_options, failed)
 

@@ -29,10 +29,10 @@ import torch
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 from loguru import logger
-from tqdm import tqdm
 
 from fusion.data.processor import QWEN_SYSTEM_PROMPT
 from fusion.errors import ConfigError
+from fusion.progress import progress
 
 FAILED_PREFIX = "[av-fusion failed]"
 
@@ -138,7 +138,8 @@ class AVFusionOmni(lmms):
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         """Greedy generation per request; ``until`` strings cut the text; token counts after compression."""
         out = []
-        for request in tqdm(requests, desc="av_fusion", disable=self.rank != 0):  # one request per iteration
+        bar = progress(requests, desc="av_fusion", unit="request", disable=self.rank != 0)
+        for request in bar:  # one request per iteration
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
             gen_kwargs = dict(gen_kwargs or {})
             until = gen_kwargs.get("until") or []

@@ -79,6 +79,12 @@ class ModelPool:
                                   "use 'toy', 'tiny-random' or a real checkpoint")
         return self._base
 
+    @property
+    def context(self) -> int | None:
+        """The backbone's context (``max_position_embeddings`` tokens): longer samples never reach the model."""
+        value = getattr(self.base().config.get_text_config(), "max_position_embeddings", None)
+        return int(value) if value else None
+
     def get(self, setting: Setting):
         """The model for ``setting``, its compressor installed (the adapter's block at the setting's retention)."""
         from fusion.pruners import METHODS

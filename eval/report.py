@@ -39,19 +39,20 @@ def markdown(results: dict) -> str:
     main, others = names[0], names[1:]
     lines = [f"# Results: {run['benchmark']} on {run['model']}", "",
              f"Device {run['device']}, {run['dtype']}, attention {run['attn_implementation']}, scoring "
-             f"{run['scoring']}. Accuracy in % over scored samples (failed ones are counted, never scored); retention "
+             f"{run['scoring']}. Accuracy in % over scored samples (failed and skipped ones are counted and named "
+             "under 'Unscored questions', never scored); retention "
              "= measured fraction kept, token-weighted (per-sample mean in results.json); latency per sample; "
              f"memory = {run['memory']}; FLOPs = LLM prefill + {run['decode_tokens_in_flops']} decoded tokens "
              "(DyCoke/FastV formula) + the fusion block, per sample.", ""]
     cols = groups[main]
-    head = (["method (budget)"] + cols + ["all", "mean", "n", "failed", "video kept", "audio kept", "total kept",
-                                          "prefill ms", "peak MiB", "FLOPs", "FLOPs %"])
+    head = (["method (budget)"] + cols + ["all", "mean", "n", "failed", "skipped", "video kept", "audio kept",
+                                          "total kept", "prefill ms", "peak MiB", "FLOPs", "FLOPs %"])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         acc = r["accuracy"][main]
         ret = r["retention"]
         cells = [_row_label(r)] + [_pct(acc["per"][c]) for c in cols] + [
-            _pct(acc["all"]), _pct(acc["mean"]), str(r["n_samples"]), str(r["n_failed"]),
+            _pct(acc["all"]), _pct(acc["mean"]), str(r["n_samples"]), str(r["n_failed"]), str(r.get("n_skipped", 0)),
             _ratio(ret["video"]["token_weighted"]), _ratio(ret["audio"]["token_weighted"]),
             _ratio(ret["total"]["token_weighted"]),
             _pct(r["prefill_ms"]["mean"] if r["prefill_ms"] else None, 2), _pct(r["peak_memory_mb"], 0),
@@ -66,11 +67,29 @@ def markdown(results: dict) -> str:
             acc = r["accuracy"][name]
             lines.append("| " + " | ".join([_row_label(r)] + [_pct(acc["per"][c]) for c in cols]
                                              + [_pct(acc["all"]), _pct(acc["mean"])]) + " |")
+    lines += unscored_section(rows)
     failures = [(r["key"], e) for r in rows for e in r["errors"]]
     if failures:
         lines += ["", "## Failures (first distinct messages per setting; full list in samples.jsonl)", ""]
         lines += [f"- `{key}`: {error}" for key, error in failures]
     return "\n".join(lines) + "\n"
+
+
+def unscored_section(rows: list[dict], shown: int = 20) -> list[str]:
+    """``## Unscored questions``: per setting with any, how many were skipped (data) or failed (model), the accuracy
+    that counts them as wrong, and their ids (the first ``shown``; all of them in results.json)."""
+    lines = []
+    for r in rows:
+        unscored = r.get("unscored") or []
+        if not unscored:
+            continue
+        skipped = sum(u["stage"] == "data" for u in unscored)
+        ids = ", ".join(f"{u['id']} ({u['stage']})" for u in unscored[:shown])
+        more = f", ... {len(unscored) - shown} more in results.json" if len(unscored) > shown else ""
+        lines.append(f"- `{r['key']}`: {len(unscored)} of {r['n_samples']} unscored ({skipped} skipped for their data, "
+                     f"{len(unscored) - skipped} failed in the model); accuracy counting them as wrong "
+                     f"{_pct(r.get('accuracy_strict'))}: {ids}{more}")
+    return ["", "## Unscored questions", ""] + lines if lines else []
 
 
 def plot(results: dict, path: str | Path) -> Path:
@@ -102,7 +121,8 @@ def plot(results: dict, path: str | Path) -> Path:
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{results['run']['benchmark']} on {results['run']['model']}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    if lines or references:  # every row unscored: an empty plot without a legend
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

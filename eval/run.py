@@ -25,6 +25,7 @@ import time  # noqa: E402
 from eval.config import EvalConfig  # noqa: E402
 from fusion.cli import parse_recipe, recipe_parser, run_reporting_errors  # noqa: E402
 from fusion.config import load_config  # noqa: E402
+from fusion.progress import quiet_library_bars  # noqa: E402
 
 
 def evaluate(config: str | None, overrides: list[str]) -> None:
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = recipe_parser("eval/run.py", __doc__.split("\n\n")[0], "configs/eval_toy.yaml",
                            "data.limit=50 scoring.mode=generate run.output_dir=runs/eval2")
     args = parse_recipe(parser, EvalConfig, argv)
+    quiet_library_bars()  # transformers' "Loading weights" bar: off in a log
     return run_reporting_errors(lambda: evaluate(args.config, args.overrides))
 
 

@@ -2,8 +2,11 @@
 
 For each batch of questions (fixed order and size): decode the media once (:func:`eval.data.prepare`), then run
 every setting that still has work on this batch; each result row is appended to ``samples.jsonl`` at once. A batch
-that raises is retried sample by sample; a sample that still raises is recorded with its error (counted as FAILED,
-never scored). Each setting gets ``scoring.warmup`` untimed calls before its first timed one.
+that raises is retried sample by sample; a sample that still raises is recorded with its error (``stage: model``,
+counted as FAILED, never scored). A sample whose media cannot be used (missing, corrupt, longer than the model's
+context) is, with ``data.on_error: skip``, recorded the same way with ``stage: data`` (counted as skipped and failed,
+never scored); with ``data.on_error: fail`` the run stops there with a :class:`~fusion.errors.DatasetError`. Each
+setting gets ``scoring.warmup`` untimed calls before its first timed one.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from eval.models import ModelPool
 from eval.predict import run_batch, warm_up
 from eval.samples import SampleLog
 from fusion.config import dump_yaml
+from fusion.errors import DatasetError
 
 HEADER = "Resolved config of this run; rerun (resumes) with: python eval/run.py --config {path} [key=value ...]"
 
@@ -42,12 +46,17 @@ class Runner:
         return {"key": setting.key, "hash": setting.hash, "name": setting.name, "id": sample.id,
                 "category": sample.category, "groups": groups, **result}
 
-    def _failure(self, setting: Setting, sample, error: str) -> None:
+    def _failure(self, setting: Setting, sample, error: str, stage: str = "model") -> None:
+        """Record ``sample`` unscored: ``stage`` "data" (its media could not be used) or "model" (the call raised)."""
+        if stage == "data" and self.cfg.data.on_error == "fail":
+            raise DatasetError(f"data.on_error=fail: question {sample.id!r} ({sample.video}) cannot be used: {error}; "
+                               "fix or remove it, or set data.on_error=skip to record it (counted, named in the "
+                               "results, never scored) and go on")
         self.store.append(self._row(setting, sample, {
             "id": sample.id, "answer": sample.answer, "prediction": None, "correct": None, "response": None,
             "kept": None, "flops": None, "prefill_ms": None, "generate_ms": None, "peak_memory_mb": None,
-            "batch_size": None, "error": error}))
-        self.log(f"FAILED {setting.key} {sample.id}: {error}")
+            "batch_size": None, "error": error, "stage": stage}))
+        self.log(f"{'SKIPPED' if stage == 'data' else 'FAILED'} {setting.key} {sample.id}: {error}")
 
     def _score(self, setting: Setting, prepared: Prepared, todo: set[str]) -> None:
         """Run ``setting`` on ``prepared``; store the rows of the samples in ``todo``; isolate failures."""
@@ -67,7 +76,7 @@ class Runner:
                 if sample.id in todo:
                     part = self._prepare([sample])
                     for failed, error in part.failed:
-                        self._failure(setting, failed, error)
+                        self._failure(setting, failed, error, stage="data")
                     if part.samples:
                         self._score(setting, part, {sample.id})
             return
@@ -78,7 +87,7 @@ class Runner:
     def _prepare(self, batch) -> Prepared:
         rt = self.pool.runtime
         try:
-            return prepare(batch, self.pool.processor, self.cfg.data, rt.device, rt.dtype)
+            return prepare(batch, self.pool.processor, self.cfg.data, rt.device, rt.dtype, context=self.pool.context)
         except Exception as e:  # noqa: BLE001
             return Prepared([], None, None, [(s, error_text(e)) for s in batch])
 
@@ -104,9 +113,9 @@ class Runner:
             self.log(f"nothing to do: every setting x question is in {self.store.path}")
             return
         self.pool.base()
-        from tqdm import tqdm
+        from fusion.progress import progress
 
-        bar = tqdm(total=total, desc="eval", unit="row", disable=not cfg.run.progress, dynamic_ncols=True)
+        bar = progress(total=total, desc="eval", unit="row", disable=not cfg.run.progress, dynamic_ncols=True)
         try:
             for batch, settings in work:  # one batch of questions per iteration
                 if not settings:
@@ -116,11 +125,11 @@ class Runner:
                     todo = {x.id for x in batch if (setting.hash, x.id) not in done}
                     for sample, error in prepared.failed:
                         if sample.id in todo:
-                            self._failure(setting, sample, error)
+                            self._failure(setting, sample, error, stage="data")
                     if prepared.samples:
                         self._score(setting, prepared, todo)
+                    bar.set_postfix_str(setting.key)  # shown by update (a log line names the setting just done)
                     bar.update(len(todo))
-                    bar.set_postfix_str(setting.key)
         finally:
             bar.close()
             self.store.close()

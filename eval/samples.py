@@ -9,10 +9,11 @@ A row::
      "flops": {"llm_prefill": ..., "llm_decode": ..., "block": 0.0}, "prefill_ms": 12.3, "generate_ms": null,
      "peak_memory_mb": 812.0, "batch_size": 1, "error": null}
 
-A failed sample has ``"error": "ErrorType: message"`` and null prediction/correct/kept. Rows are keyed by
-``(hash, id)``: a rerun skips keys already present (failed ones too, unless asked to retry them), and rows whose
-hash no setting of the current config has are ignored (the config changed since they were written). A torn last
-line (a crash while writing) is ignored.
+A failed sample has ``"error": "ErrorType: message"``, ``"stage"``: ``"data"`` (its media could not be used; skipped
+under ``data.on_error: skip``) or ``"model"`` (the model call raised), and null prediction/correct/kept. Rows are
+keyed by ``(hash, id)``: a rerun skips keys already present (failed ones too, unless asked to retry them), and rows
+whose hash no setting of the current config has are ignored (the config changed since they were written). A torn
+last line (a crash while writing) is ignored.
 """
 
 from __future__ import annotations

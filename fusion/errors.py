@@ -33,6 +33,10 @@ class InputMismatchError(AVFusionError, ValueError):
     """Model inputs that contradict each other (placeholder counts vs features, shapes, grids)."""
 
 
+class ContextLengthError(InputMismatchError):
+    """A sample whose token sequence (text + video + audio) is longer than the model's context."""
+
+
 class NonFiniteFeaturesError(AVFusionError, ValueError):
     """NaN or Inf in the encoders' outputs or in the inputs themselves."""
 
@@ -55,6 +59,11 @@ class ConfigError(AVFusionError, ValueError):
 
 class AdapterMismatchError(AVFusionError, ValueError):
     """An adapter trained on another backbone (different size or architecture) than the one it is loaded onto."""
+
+
+class UnsafeWeightsError(AVFusionError, ValueError):
+    """A file that would have to be unpickled (``.bin``/``.pt``/``.pkl``, or a pickle a weights-only load refuses)
+    where av-fusion only reads safetensors and JSON; nothing in it was loaded."""
 
 
 class ModelLoadError(AVFusionError, OSError):

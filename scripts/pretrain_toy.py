@@ -56,6 +56,7 @@ from fusion.data.curriculum import LossBalancedSampler, SameLengthBatches
 from fusion.data.evidence import EvidenceDropout
 from fusion.model.loading import build_random_thinker
 from fusion.model.toy import ASSET_DIR, LONG_ASSET_DIR, toy_config, toy_long_config, toy_long_processor, toy_processor
+from fusion.progress import quiet_library_bars
 from train.loss import per_sample_cross_entropy, pruned_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="lowest keep probability of a non-evidence token in an augmented sample (default per "
                              "world: toy 0.1, long 0.02)")
     args = parser.parse_args(argv)
+    quiet_library_bars()  # transformers' bars: off in a log
     world = WORLDS[args.world]
     for key, value in world["defaults"].items():
         if getattr(args, key) is None:

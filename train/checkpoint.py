@@ -4,19 +4,28 @@ Layout under ``run_dir/checkpoints/``: ``step-000004/`` (DeepSpeed's files for t
 optimizer and LR-scheduler states, our ``trainer_state.json``) and ``latest`` (the tag of the newest complete
 checkpoint). A save goes to ``.tmp-step-000004/`` first; only when every rank has written does rank 0 rename it
 and then replace ``latest`` (write-then-rename), so a run killed mid-save leaves the previous checkpoint usable.
+
+Trust: DeepSpeed writes its checkpoint files with ``torch.save`` (pickles). They are this run's own resume data,
+read back only by ``train.resume=true`` from the same ``output_dir``; never resume from a checkpoint directory you
+did not write. Even so they are read with ``torch.load(weights_only=True)`` (:func:`weights_only_loads`), which
+unpickles only tensors, plain containers and the few DeepSpeed classes listed in :func:`allowed_globals`; anything
+else is refused with :class:`~fusion.errors.UnsafeWeightsError` before it is built. The shareable result of a run
+is ``adapter/`` (safetensors + JSON).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from fusion.errors import ConfigError
+from fusion.errors import ConfigError, UnsafeWeightsError
 
 LATEST = "latest"
 STATE = "trainer_state.json"
@@ -90,10 +99,52 @@ def latest_checkpoint(run_dir: Path) -> tuple[str, int] | None:
     return tag, int(json.loads(state_file.read_text())["step"])
 
 
+def allowed_globals() -> list:
+    """The classes besides tensors and plain containers that a ZeRO-1/2 checkpoint holds: DeepSpeed's loss scalers,
+    its ZeRO stage enum and the fragment addresses of the flat optimizer partitions."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def weights_only_load(path: str, map_location=None):
+    """``torch.load(path, weights_only=True)`` allowing :func:`allowed_globals`; anything else is refused unbuilt."""
+    with torch.serialization.safe_globals(allowed_globals()):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            reason = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+            raise UnsafeWeightsError(
+                f"{path} holds objects a weights-only load refuses ({reason}); checkpoints are this run's own resume "
+                "data: if this run did not write it, delete the checkpoints/ folder (or use another "
+                "train.output_dir) and train without train.resume; if it did (another DeepSpeed version), add the "
+                "class to train.checkpoint.allowed_globals after checking it is plain data"
+            ) from None
+
+
+@contextmanager
+def weights_only_loads(engine) -> Iterator[None]:
+    """While inside, every file DeepSpeed's checkpoint engine reads goes through :func:`weights_only_load`."""
+    checkpoint_engine = engine.checkpoint_engine
+    own = vars(checkpoint_engine).get("load")
+    checkpoint_engine.load = weights_only_load  # shadows the class's unrestricted torch.load
+    try:
+        yield
+    finally:
+        if own is None:
+            del checkpoint_engine.load
+        else:
+            checkpoint_engine.load = own
+
+
 def load_checkpoint(engine, run_dir: Path, tag: str) -> int:
-    """Restore the trainable weights, optimizer, scheduler and RNG from ``tag``; return its step."""
+    """Restore the trainable weights, optimizer, scheduler and RNG from ``tag`` (weights-only unpickling, module
+    doc); return its step."""
     root = Path(run_dir) / "checkpoints"
-    path, client = engine.load_checkpoint(str(root), tag=tag, load_module_strict=False)
+    with weights_only_loads(engine):
+        path, client = engine.load_checkpoint(str(root), tag=tag, load_module_strict=False)
     if path is None:
         raise ConfigError(f"could not load checkpoint {root / tag}")
     set_rng_state(client["rng"])

@@ -141,7 +141,7 @@ class TrainConfig:
     log_every: int = 10
     """Print a log line every N steps (metrics.jsonl gets every step)."""
     progress: bool = True
-    """Show a progress bar on rank 0."""
+    """Show progress on rank 0: a tqdm bar on a terminal, a plain line every 10 % or 30 s in a log."""
     bf16: bool | None = None
     """bf16 mixed precision; null = bf16 on GPU, fp32 on CPU."""
     cpu_shm_op: bool = False

@@ -51,10 +51,11 @@ class RunLogger:
         if not active:
             return
         if cfg.train.progress:
-            from tqdm import tqdm
+            from fusion.progress import progress
 
-            self.bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", file=sys.stderr,
-                            dynamic_ncols=True, leave=False, disable=None)  # None: off when stderr is not a TTY
+            # a tqdm bar on a terminal; in a log, a plain line every 10 % of the steps or 30 s
+            self.bar = progress(total=cfg.train.steps, initial=start_step, desc="train", unit="step", file=sys.stderr,
+                                dynamic_ncols=True, leave=False)
         mode = os.environ.get("WANDB_MODE", cfg.wandb.mode)
         if cfg.wandb.enabled and mode != "disabled":
             import wandb
@@ -80,8 +81,8 @@ class RunLogger:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.bar is not None:
+            self.bar.set_postfix(loss=f"{metrics.loss:.3f}", kept=f"{100 * metrics.kept:.0f}%")  # shown by update
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{metrics.loss:.3f}", kept=f"{100 * metrics.kept:.0f}%")
         if metrics.step % self.cfg.train.log_every == 0 or metrics.step == self.cfg.train.steps:
             self.info(metrics.line(self.cfg.train.steps))
         if self.wandb is not None:

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from fusion.cli import parse_recipe, recipe_parser, run_reporting_errors  # noqa: E402
 from fusion.config import dump_yaml, load_config, to_dict  # noqa: E402
 from fusion.errors import ConfigError  # noqa: E402
+from fusion.progress import quiet_library_bars  # noqa: E402
 from train.config import RunConfig  # noqa: E402
 
 HEADER = "Resolved config of this run; rerun with: deepspeed train/run.py --config {path} [key=value ...]"
@@ -309,6 +310,7 @@ def train(config: str | None, overrides: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    quiet_library_bars()  # transformers' "Loading weights" bar: off in a log
     return run_reporting_errors(lambda: train(args.config, args.overrides))
 
 

@@ -7,6 +7,11 @@ Two ways to load it, with identical outputs::
     thinker = ...                                   # the same backbone (a CompressedThinker)
     attach_block(thinker, "runs/x/adapter")         # builds av_fusion from fusion_config.json, checks the backbone
     model = PeftModel.from_pretrained(thinker, "runs/x/adapter")
+
+Trust boundary: an adapter is read from safetensors and JSON only. Both ways above first check the directory
+(:func:`check_adapter_files`): a pickle-bearing file (``adapter_model.bin``, ``*.pt``, ``*.pkl`` ...), which PEFT
+would ``torch.load`` when the safetensors file is absent, is refused with :class:`~fusion.errors.UnsafeWeightsError`
+before anything is read.
 """
 
 from __future__ import annotations
@@ -15,10 +20,46 @@ import shutil
 from pathlib import Path
 
 from fusion.block.config import check_base, load_fusion_config, save_fusion_config
-from fusion.errors import AdapterMismatchError
+from fusion.errors import AdapterMismatchError, UnsafeWeightsError
 from fusion.pruners.budget import check_retention
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+"""Suffixes of files that torch.load / pickle would unpickle (and so could run code)."""
+REEXPORT = ("re-export it with safetensors (fusion.block.export_adapter, or PeftModel.save_pretrained(dir, "
+            "safe_serialization=True)) and remove the pickle files")
+
+
+def check_adapter_files(adapter_dir: str | Path) -> Path:
+    """Refuse an adapter directory that holds pickle files or lacks its safetensors weights; nothing is unpickled.
+
+    Raises:
+        UnsafeWeightsError: a ``.bin``/``.pt``/``.pth``/``.pkl``/``.pickle``/``.ckpt`` file is in the directory, or
+            ``adapter_model.safetensors`` is not a safetensors file (e.g. a renamed pickle).
+        AdapterMismatchError: ``adapter_config.json`` or ``adapter_model.safetensors`` is missing.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise AdapterMismatchError(f"{adapter_dir} is not a directory; pass the adapter/ directory a training run "
+                                   "wrote (run_dir/adapter)")
+    pickles = sorted(p.name for p in adapter_dir.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise UnsafeWeightsError(f"{adapter_dir} holds {pickles}: pickle files, which can run code when loaded; "
+                                 f"adapters are read from safetensors + JSON only: {REEXPORT}")
+    missing = [name for name in ADAPTER_FILES if not (adapter_dir / name).is_file()]
+    if missing:
+        raise AdapterMismatchError(
+            f"{adapter_dir} lacks {missing}; pass the adapter/ directory a training run wrote (run_dir/adapter)"
+        )
+    weights = adapter_dir / "adapter_model.safetensors"
+    try:
+        with safe_open(str(weights), "pt"):
+            pass
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UnsafeWeightsError(f"{weights} is not a safetensors file ({e}); {REEXPORT}") from e
+    return adapter_dir
 
 
 def attach_block(thinker, adapter_dir: str | Path, retention: float | None = None):
@@ -30,7 +71,7 @@ def attach_block(thinker, adapter_dir: str | Path, retention: float | None = Non
     """
     from fusion.block.block import FusionBlock
 
-    adapter_dir = Path(adapter_dir)
+    adapter_dir = check_adapter_files(adapter_dir)
     if retention is not None:
         check_retention(retention)
     config, base = load_fusion_config(adapter_dir)
@@ -47,16 +88,21 @@ def load_adapter(thinker, adapter_dir: str | Path, retention: float | None = Non
     """``attach_block`` + ``PeftModel.from_pretrained``; returns the PEFT-wrapped thinker."""
     from peft import PeftModel
 
-    adapter_dir = Path(adapter_dir)
-    missing = [name for name in ADAPTER_FILES if not (adapter_dir / name).is_file()]
-    if missing:
-        raise AdapterMismatchError(
-            f"{adapter_dir} lacks {missing}; pass the adapter/ directory a training run wrote (run_dir/adapter)"
-        )
+    adapter_dir = check_adapter_files(adapter_dir)
     attach_block(thinker, adapter_dir, retention)
-    # autocast_adapter_dtype=False: keep a bf16 backbone's adapter in bf16, so outputs match the trained engine
-    return PeftModel.from_pretrained(thinker, str(adapter_dir), is_trainable=is_trainable,
-                                     autocast_adapter_dtype=False)
+    try:
+        # autocast_adapter_dtype=False: keep a bf16 backbone's adapter in bf16, so outputs match the trained engine
+        return PeftModel.from_pretrained(thinker, str(adapter_dir), is_trainable=is_trainable,
+                                         autocast_adapter_dtype=False)
+    except RuntimeError as e:  # load_state_dict's "size mismatch for ...": the files of two exports mixed
+        lines = [line.strip().rstrip(".") for line in str(e).splitlines() if "size mismatch" in line]
+        if not lines:
+            raise
+        raise AdapterMismatchError(
+            f"the weights of {adapter_dir} do not have the shapes its adapter_config.json (LoRA rank r) and "
+            f"fusion_config.json (block dim) describe: {len(lines)} tensor(s), e.g. {lines[0]}; the files come from "
+            "different exports or were edited: copy one run's whole adapter/ directory, or re-export it"
+        ) from None
 
 
 def export_adapter(peft_model, directory: str | Path, state_dict: dict | None = None) -> Path:

@@ -21,7 +21,7 @@ from torch import Tensor
 from fusion.data.mcq import MCQSample
 from fusion.data.media import DecodedMedia, MediaSettings, load_media
 from fusion.data.prompts import answer_text, conversation
-from fusion.errors import ConfigError, InputMismatchError
+from fusion.errors import ConfigError, ContextLengthError, InputMismatchError
 
 IGNORE_INDEX = -100
 END_OF_TURN = "<|im_end|>"
@@ -132,3 +132,29 @@ def collate(samples: list[MCQSample], processor, mode: str = "eval", style: str 
         n_options=torch.tensor([len(s.options) for s in samples]),
         has_audio=[a is not None for a in audio],
     )
+
+
+def context_errors(batch: Batch, processor, context: int | None) -> list[tuple[MCQSample, ContextLengthError]]:
+    """``(sample, error)`` for each sample of ``batch`` whose sequence is longer than ``context`` tokens (the model's
+    ``max_position_embeddings``); empty when ``context`` is None. Run it after processing, before the model: the
+    frames and audio are bounded already (:mod:`fusion.data.media`), the attention over the sequence is not."""
+    if context is None:
+        return []
+    mask, ids = batch.inputs["attention_mask"].bool(), batch.inputs["input_ids"]
+    out = []
+    for b, sample in enumerate(batch.samples):  # one sample per iteration
+        n = int(mask[b].sum())
+        if n > context:
+            row = ids[b][mask[b]]
+            video, audio = int((row == processor.ids.video).sum()), int((row == processor.ids.audio).sum())
+            out.append((sample, ContextLengthError(
+                f"sample {sample.id!r} ({sample.video}): {n} tokens ({video} video, {audio} audio) exceed the model's "
+                f"context of {context} tokens; sample fewer frames (data.max_frames, e.g. 128 as OmniZip and "
+                "WorldSense use, or MediaSettings.max_frames / total_pixels) or cut the clip")))
+    return out
+
+
+def check_context(batch: Batch, processor, context: int | None) -> None:
+    """Raise the :class:`~fusion.errors.ContextLengthError` of the first sample longer than ``context`` tokens."""
+    for _, error in context_errors(batch, processor, context):
+        raise error

@@ -56,14 +56,11 @@ def build_cache(samples: list[MCQSample], processor, path: str | Path, style: st
                 progress: bool = False) -> Path:
     """Decode + process every sample once (train-mode sequences) and save the tensors to ``path``."""
     from fusion.data.batching import collate
+    from fusion.progress import progress as progress_bar
 
     rows: list[dict] = []
-    iterator = samples
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(samples, desc=f"caching {Path(path).name}", unit="clip")
-    for sample in iterator:  # one clip per iteration
+    bar = progress_bar(samples, desc=f"caching {Path(path).name}", unit="clip", disable=not progress)
+    for sample in bar:  # one clip per iteration
         batch = collate([sample], processor, mode="train", style=style)
         x = batch.inputs
         n_answer = int((batch.labels[0] != -100).sum())

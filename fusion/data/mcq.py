@@ -104,7 +104,8 @@ def strip_letter_prefixes(options: list[str]) -> list[str]:
 def sample_from_row(row: dict, base: Path, where: str) -> MCQSample:
     """Build a sample from a JSON object; ``where`` (file:line) goes into error messages."""
     if not isinstance(row, dict):
-        raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}; each line holds one question "
+                           "as an object with keys " + ", ".join(REQUIRED))
     missing = [k for k in REQUIRED if k not in row]
     if missing:
         raise DatasetError(f"{where}: missing key(s) {missing}; every row needs {list(REQUIRED)}")
@@ -119,7 +120,7 @@ def sample_from_row(row: dict, base: Path, where: str) -> MCQSample:
         return MCQSample(id=str(row["id"]), video=video, question=row["question"], options=options,
                          answer=row["answer"], category=row["category"], extra=extra)
     except DatasetError as e:
-        raise DatasetError(f"{where}: {e}") from None
+        raise DatasetError(f"{where}: {e}; fix that line") from None
 
 
 def load_jsonl(path: str | Path) -> list[MCQSample]:
@@ -141,7 +142,8 @@ def load_jsonl(path: str | Path) -> list[MCQSample]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DatasetError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise DatasetError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); fix or delete that line "
+                                   "(one JSON object per line, schema in fusion/data/mcq.py)") from None
             sample = sample_from_row(row, path.parent, where)
             if sample.id in seen:
                 raise DatasetError(f"{where}: id {sample.id!r} already used on line {seen[sample.id]}; ids must be "

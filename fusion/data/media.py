@@ -12,7 +12,13 @@ follow ``qwen-omni-utils`` (v2.5 ``fetch_video`` / ``smart_nframes`` / ``process
   and every frame resized (PIL bicubic) to ``smart_resize(h, w, 28, min_pixels, max_pixels)``;
 * audio: every channel resampled to 16 kHz (FFmpeg's resampler; ``librosa`` uses soxr) and averaged to mono
   (as ``librosa.load(mono=True)``), trimmed to the audio stream's declared duration (AAC decoders emit a
-  padded last frame). A file without an audio stream gives ``audio=None``: a video-only input, not an error.
+  padded last frame) and to ``max_audio_seconds`` (the processor's 300 s: decoding stops there, so an hours-long
+  track is never held in memory). A file without an audio stream gives ``audio=None``: a video-only input, not an
+  error.
+
+Long clips: the frames are bounded by ``max_frames`` and the whole-video pixel budget ``total_pixels``, and the audio
+by ``max_audio_seconds``, whatever the clip's length; whether the resulting sequence fits the model's context is
+checked after processing (:func:`fusion.data.batching.check_context`), before the model runs.
 
 Bad files raise typed errors that name the file: :class:`~fusion.errors.MediaNotFoundError`,
 :class:`~fusion.errors.CorruptMediaError`, :class:`~fusion.errors.NoVideoStreamError`,
@@ -50,6 +56,7 @@ class MediaSettings:
         max_pixels: largest frame area.
         total_pixels: area budget of the whole video (spread over its frames).
         sampling_rate: audio rate in Hz.
+        max_audio_seconds: decode at most this many seconds of audio (None: the whole track).
     """
 
     fps: float = 2.0
@@ -61,13 +68,15 @@ class MediaSettings:
     max_pixels: int = 768 * 28 * 28
     total_pixels: int = VIDEO_TOTAL_PIXELS
     sampling_rate: int = 16000
+    max_audio_seconds: float | None = None
 
     @classmethod
     def from_processor(cls, processor, **overrides) -> MediaSettings:
         """Settings that match an :class:`~fusion.data.processor.OmniProcessor` (fps, pixel budgets, audio rate)."""
         v = processor.video
         base = dict(fps=v.fps, frame_factor=v.temporal_patch_size, size_factor=v.factor, min_pixels=v.min_pixels,
-                    max_pixels=v.max_pixels, sampling_rate=processor.audio.sampling_rate)
+                    max_pixels=v.max_pixels, sampling_rate=processor.audio.sampling_rate,
+                    max_audio_seconds=processor.audio.max_seconds)
         return cls(**{**base, **overrides})
 
 
@@ -136,13 +145,14 @@ def _open(path: Path):
         raise MediaNotFoundError(f"media file {path} does not exist; check the path (relative paths in a JSONL are "
                                  "resolved against the JSONL's folder)")
     if not path.is_file():
-        raise MediaNotFoundError(f"media path {path} is not a file")
+        raise MediaNotFoundError(f"media path {path} is not a file (a folder?); point the sample at the video file")
     if path.stat().st_size == 0:
         raise EmptyMediaError(f"media file {path} is empty (0 bytes); re-download or re-encode it")
     try:
         return av.open(str(path))
     except av.error.EOFError as e:  # a header and no media data (e.g. a Matroska file whose tracks got no packets)
-        raise EmptyMediaError(f"media file {path} holds no media data (zero length): {e}") from e
+        raise EmptyMediaError(f"media file {path} holds no media data (zero length, or cut before its first packet): "
+                              f"{e}; re-download or re-encode it") from e
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
         raise CorruptMediaError(f"cannot open media file {path}: {e}; the file is unreadable or not a media "
                                 "container (re-download or re-encode it)") from e
@@ -173,17 +183,24 @@ def _decode_frames(container, stream, wanted: list[int], size: tuple[int, int]) 
     return kept, seen
 
 
-def _decode_audio(path: Path, rate: int) -> np.ndarray | None:
-    """The first audio stream as float32 mono at ``rate`` (channel mean), trimmed to its declared duration."""
+def _decode_audio(path: Path, rate: int, max_seconds: float | None = None) -> np.ndarray | None:
+    """The first audio stream as float32 mono at ``rate`` (channel mean), trimmed to its declared duration; decoding
+    stops after ``max_seconds`` (None: the whole track)."""
+    limit = None if max_seconds is None else int(math.ceil(max_seconds * rate))
     with _open(path) as container:
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="fltp", rate=rate)
-        parts = []
+        parts, n = [], 0
         for frame in container.decode(stream):  # one audio frame (~1024 samples) per iteration
-            parts += [f.to_ndarray() for f in resampler.resample(frame)]
-        parts += [f.to_ndarray() for f in resampler.resample(None)]
+            new = [f.to_ndarray() for f in resampler.resample(frame)]
+            parts += new
+            n += sum(p.shape[1] for p in new)
+            if limit is not None and n >= limit:
+                break
+        else:
+            parts += [f.to_ndarray() for f in resampler.resample(None)]
         if not parts:
             return None
         wave = np.concatenate(parts, axis=1).mean(axis=0).astype(np.float32)  # (N,)
@@ -192,6 +209,8 @@ def _decode_audio(path: Path, rate: int) -> np.ndarray | None:
             seconds = container.duration / 1e6
         if seconds:
             wave = wave[: int(round(seconds * rate))]
+        if limit is not None:
+            wave = wave[:limit]
         return wave if wave.size else None
 
 
@@ -200,7 +219,7 @@ def load_media(path: str | Path, settings: MediaSettings | None = None, audio: b
 
     Raises:
         MediaNotFoundError: the file does not exist.
-        CorruptMediaError: the file cannot be opened or decoded.
+        CorruptMediaError: the file cannot be opened or decoded, or its audio holds NaN/Inf samples.
         NoVideoStreamError: the file has no video stream (e.g. an audio-only file).
         EmptyMediaError: the video stream has no frames.
     """
@@ -215,7 +234,8 @@ def load_media(path: str | Path, settings: MediaSettings | None = None, audio: b
             stream.thread_type = "AUTO"
             total = _stream_frames(container, stream)
             if total == 0:
-                raise EmptyMediaError(f"media file {path} has a video stream with zero frames")
+                raise EmptyMediaError(f"media file {path} has a video stream with zero frames; re-encode it, or drop "
+                                      "the sample")
             rate = float(stream.average_rate or stream.guessed_rate or 0.0)
             if rate <= 0:
                 seconds = float(stream.duration * stream.time_base) if stream.duration else 0.0
@@ -226,14 +246,18 @@ def load_media(path: str | Path, settings: MediaSettings | None = None, audio: b
             kept, seen = _decode_frames(container, stream, indices, size)
         if seen < total:  # the container over-counted (truncated file): resample over what really decodes
             if seen == 0:
-                raise EmptyMediaError(f"media file {path}: its video stream decodes to zero frames")
+                raise EmptyMediaError(f"media file {path}: its video stream decodes to zero frames; re-download or "
+                                      "re-encode it")
             total, n = seen, sample_count(seen, rate, settings)
             indices = frame_indices(total, n)
             with _open(path) as container:
                 kept, _ = _decode_frames(container, container.streams.video[0], indices, size)
-        wave = _decode_audio(path, settings.sampling_rate) if audio else None
+        wave = _decode_audio(path, settings.sampling_rate, settings.max_audio_seconds) if audio else None
     except (av.error.FFmpegError, EOFError) as e:
         raise CorruptMediaError(f"media file {path} cannot be decoded: {e}; re-download or re-encode it") from e
+    if wave is not None and not np.isfinite(wave).all():  # float PCM can carry NaN/Inf; features would be NaN
+        raise CorruptMediaError(f"media file {path}: its audio track holds NaN or Inf samples; re-encode the audio, or "
+                                "use the video alone (load_media(..., audio=False), data.use_audio=false)")
     frames = np.stack([kept[i] for i in indices])  # (n, H, W, 3)
     return DecodedMedia(path=path, frames=frames, audio=wave, sampling_rate=settings.sampling_rate,
                         frame_indices=indices, total_frames=total, video_fps=rate, sample_fps=n / total * rate)

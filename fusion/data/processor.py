@@ -239,11 +239,15 @@ class OmniProcessor:
         (directory / CONFIG_NAME).write_text(json.dumps(settings, indent=2))
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, **hub_kwargs) -> OmniProcessor:
-        """Load ours (saved with :meth:`save_pretrained`) or build one from a Qwen2.5-Omni checkpoint's files."""
+    def from_pretrained(cls, name_or_path: str | Path, trust_remote_code: bool = False,
+                        **hub_kwargs) -> OmniProcessor:
+        """Load ours (saved with :meth:`save_pretrained`) or build one from a Qwen2.5-Omni checkpoint's files.
+
+        ``trust_remote_code`` (off by default) only reaches ``AutoTokenizer``; the other files are JSON."""
         path = Path(name_or_path)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **hub_kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code,
+                                                      **hub_kwargs)
             feature_extractor = WhisperFeatureExtractor.from_pretrained(str(name_or_path), **hub_kwargs)
         except OSError as e:
             raise ModelLoadError(f"cannot load a processor from {name_or_path!r}: {e}") from e

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ import numpy as np
 from fusion.data.mcq import LETTERS, MCQSample, save_jsonl
 from fusion.data.mp4 import write_clip
 from fusion.errors import ConfigError
+from fusion.progress import progress as progress_bar
 
 COLOURS = {"red": (215, 40, 40), "green": (40, 190, 60), "blue": (45, 75, 225), "yellow": (225, 205, 40)}
 PITCHES = {"lowest": 300.0, "low": 600.0, "high": 1200.0, "highest": 2400.0}
@@ -223,7 +223,7 @@ def generate_split(out: str | Path, split: str, n: int, seed: int, cfg: ToyWorld
                                      np.random.default_rng([seed, code, 10**6 + c]))
                     for c, cat in enumerate(CATEGORIES)]
     samples = []
-    start = time.perf_counter()
+    bar = progress_bar(total=n, desc=f"generating {split}", unit="clip", disable=not progress)
     for i in range(n):  # one clip per iteration
         c = i % len(CATEGORIES)
         cat, answer = CATEGORIES[c], int(per_category[c][i // len(CATEGORIES)])
@@ -234,8 +234,8 @@ def generate_split(out: str | Path, split: str, n: int, seed: int, cfg: ToyWorld
         samples.append(MCQSample(id=f"{split}-{i:05d}", video=str(path), question=cat.question,
                                  options=list(cat.options), answer=LETTERS[answer], category=cat.name,
                                  extra={"needs": cat.needs, "seconds": cfg.seconds, "scene": scene.to_json()}))
-        if progress and (i + 1) % 500 == 0:
-            print(f"  {split}: {i + 1}/{n} clips ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+        bar.update(1)
+    bar.close()
     return samples
 
 

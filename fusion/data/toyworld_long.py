@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ from fusion.data.mcq import LETTERS, MCQSample, save_jsonl
 from fusion.data.mp4 import write_clip
 from fusion.data.toyworld import COLOURS, COUNTS, PITCHES, SPLITS, Category, Scene, balanced_answers, render_audio
 from fusion.errors import ConfigError
+from fusion.progress import progress as progress_bar
 
 INFO_NAME = "toyworld_long.json"
 ORDER = ("before", "after")
@@ -244,7 +244,7 @@ def generate_split(out: str | Path, split: str, n: int, seed: int, cfg: LongWorl
                                      np.random.default_rng([seed, code, 10**6 + c]))
                     for c, cat in enumerate(CATEGORIES)]
     samples = []
-    start = time.perf_counter()
+    bar = progress_bar(total=n, desc=f"generating {split}", unit="clip", disable=not progress)
     for i in range(n):  # one clip per iteration
         c = i % len(CATEGORIES)
         cat, answer = CATEGORIES[c], int(per_category[c][i // len(CATEGORIES)])
@@ -258,8 +258,8 @@ def generate_split(out: str | Path, split: str, n: int, seed: int, cfg: LongWorl
             answer=LETTERS[answer], category=cat.name,
             extra={"needs": cat.needs, "seconds": T, "length_bucket": cfg.bucket(T),
                    "scene": {**scene.to_json(), "grid": cfg.grid, "beep": cfg.beep}}))
-        if progress and (i + 1) % 500 == 0:
-            print(f"  {split}: {i + 1}/{n} clips ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+        bar.update(1)
+    bar.close()
     return samples
 
 

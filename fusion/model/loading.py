@@ -41,16 +41,19 @@ def build_random_thinker(config, seed: int = 0, dtype: torch.dtype | None = None
 
 
 def load_pretrained_thinker(name_or_path: str, dtype=None, attn_implementation: str = "sdpa",
-                            **hub_kwargs) -> CompressedThinker:
+                            trust_remote_code: bool = False, **hub_kwargs) -> CompressedThinker:
     """Load only the thinker of a Qwen2.5-Omni checkpoint (hub id or local dir); the talker is never built.
 
     A full ``Qwen2_5OmniForConditionalGeneration`` checkpoint stores the thinker under ``thinker.``; transformers'
     own conversion mapping for the thinker class (found through the config's model_type) strips that prefix and
     the talker/token2wav weights are skipped. A thinker-only directory (as
     written by ``save_pretrained``) loads directly.
+
+    ``trust_remote_code`` (off by default) only reaches ``AutoConfig``: the model class is ours, so a checkpoint's
+    own Python files are never run unless the caller asks for them.
     """
     try:
-        config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs)
     except (OSError, ValueError) as e:
         raise ModelLoadError(
             f"cannot read a config from {name_or_path!r} ({e}); pass a local checkpoint directory, a hub id reachable "
@@ -74,6 +77,7 @@ def load_model(
     attn_implementation: str = "sdpa",
     device: str | torch.device | None = None,
     seed: int = 0,
+    trust_remote_code: bool = False,
     **method_kwargs,
 ):
     """Load a compressed thinker and its processor.
@@ -95,6 +99,9 @@ def load_model(
         attn_implementation: ``"sdpa"`` (default), ``"flash_attention_2"`` or ``"eager"``.
         device: where to put the model.
         seed: seed of random weights.
+        trust_remote_code: let a hub checkpoint's own Python code run (its config and tokenizer classes). Off by
+            default and never needed for Qwen2.5-Omni (transformers has its classes); the weights are read with
+            transformers' safetensors-first loader.
         **method_kwargs: the method's own parameters (e.g. ``budget="joint"``).
 
     Returns:
@@ -127,8 +134,8 @@ def load_model(
     else:
         from fusion.data.processor import OmniProcessor
 
-        model = load_pretrained_thinker(name, dtype, attn_implementation)
-        processor = OmniProcessor.from_pretrained(name)
+        model = load_pretrained_thinker(name, dtype, attn_implementation, trust_remote_code=trust_remote_code)
+        processor = OmniProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
     if adapter is not None:
         from fusion.block.adapter import load_adapter
 

@@ -7,11 +7,18 @@ lists the known ones; a parameter the factory does not declare is an error namin
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 
 from fusion.errors import DuplicateMethodError, MethodConfigError, UnknownMethodError
 from fusion.pruners.budget import check_retention
+
+
+def _nearest(name, known) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or ``""``."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 class Registry(Mapping[str, Callable]):
@@ -38,7 +45,8 @@ class Registry(Mapping[str, Callable]):
             return self._factories[name]
         except KeyError:
             raise UnknownMethodError(
-                f"unknown method {name!r}; known methods: {', '.join(sorted(self._factories))}"
+                f"unknown method {name!r}{_nearest(name, self._factories)}; known methods: "
+                f"{', '.join(sorted(self._factories))}"
             ) from None
 
     def __iter__(self) -> Iterator[str]:
@@ -61,8 +69,8 @@ class Registry(Mapping[str, Callable]):
         unknown = sorted(set(params) - set(sig.parameters)) if not takes_any else []
         if unknown:
             raise MethodConfigError(
-                f"method '{name}' has no parameter(s) {unknown}; its parameters are: "
-                f"{', '.join(self.parameters(name)) or '(none)'}"
+                f"method '{name}' has no parameter(s) {unknown}{_nearest(unknown[0], self.parameters(name))}; "
+                f"its parameters are: {', '.join(self.parameters(name)) or '(none)'}"
             )
         return factory(retention=retention, **params)
 
