@@ -174,15 +174,15 @@ def plot_by_group(results: dict, group: str, path: str | Path) -> Path:
 
 def write_outputs(results: dict, run_dir: str | Path) -> dict[str, Path]:
     """Write results.json/md, accuracy_vs_retention.png and an accuracy_vs_<name>.png per grouping with ``plot``
-    into ``run_dir`` (json atomically); return their paths."""
+    into ``run_dir`` (json and md atomically; a rerun redraws the plots); return their paths."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": run_dir / "results.json", "md": run_dir / "results.md",
              "png": run_dir / "accuracy_vs_retention.png"}
-    tmp = paths["json"].with_name("results.json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=str))
-    tmp.replace(paths["json"])
-    paths["md"].write_text(markdown(results))
+    for key, text in (("json", json.dumps(results, indent=2, default=str)), ("md", markdown(results))):
+        tmp = paths[key].with_name(paths[key].name + ".tmp")  # write-then-rename: a kill never leaves a torn table
+        tmp.write_text(text)
+        tmp.replace(paths[key])
     plot(results, paths["png"])
     for g in results["run"].get("config", {}).get("groups", []):  # groupings asked to be drawn
         if g.get("plot") and g["name"] in results["groups"]:

@@ -36,7 +36,7 @@ class Runner:
         self.run_dir = Path(cfg.run.output_dir)
         self.settings = expand(cfg)
         self.pool = ModelPool(cfg.model)
-        self.store = SampleLog(self.run_dir / "samples.jsonl")
+        self.store = SampleLog(self.run_dir / "samples.jsonl", log)
         self.samples = []
         self.calls = 0  # model calls made by run_batch (tests count them)
         self.warm: set[str] = set()

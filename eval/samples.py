@@ -12,32 +12,28 @@ A row::
 A failed sample has ``"error": "ErrorType: message"``, ``"stage"``: ``"data"`` (its media could not be used; skipped
 under ``data.on_error: skip``) or ``"model"`` (the model call raised), and null prediction/correct/kept. Rows are
 keyed by ``(hash, id)``: a rerun skips keys already present (failed ones too, unless asked to retry them), and rows
-whose hash no setting of the current config has are ignored (the config changed since they were written). A torn
-last line (a crash while writing) is ignored.
+whose hash no setting of the current config has are ignored (the config changed since they were written).
+
+Crash safety (:mod:`fusion.jsonl`): each row is one flushed, fsynced write, so a killed run loses at most the row
+being written. On reopening, a torn last line is reported, cut from the file and its sample redone; a bad line
+anywhere else raises :class:`~fusion.errors.RunFileError` naming the file and line.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
+
+from fusion.crash_points import crash_point
+from fusion.jsonl import append_row, read_rows
 
 
 class SampleLog:
     """Append-only store of per-sample rows (see module doc)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, log: Callable[[str], None] = print) -> None:
         self.path = Path(path)
-        self.rows: list[dict] = []
-        if self.path.is_file():
-            with self.path.open(encoding="utf-8") as f:
-                for line in f:  # one row per line
-                    line = line.strip()
-                    if not line:
-                        continue
-                    try:
-                        self.rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        continue  # a torn last line: the sample is redone
+        self.rows: list[dict] = read_rows(self.path, log)  # a torn last line is cut off: its sample is redone
         self._file = None
 
     def done(self, retry_failed: bool = False) -> set[tuple[str, str]]:
@@ -48,16 +44,13 @@ class SampleLog:
         return {k for k, row in latest.items() if not (retry_failed and row.get("error"))}
 
     def append(self, row: dict) -> None:
-        """Write ``row`` now (flushed), and keep it in memory."""
+        """Write ``row`` now (flushed and fsynced), and keep it in memory."""
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            torn = self.path.is_file() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
-            self._file = self.path.open("a", encoding="utf-8")
-            if torn:  # end the torn line so this row starts on its own
-                self._file.write("\n")
-        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._file.flush()
+            self._file = self.path.open("a", encoding="utf-8")  # read_rows left the file ending in a newline
+        append_row(self._file, row)
         self.rows.append(row)
+        crash_point("eval-row")
 
     def current(self, hashes: set[str]) -> list[dict]:
         """The latest row per ``(hash, id)`` for the given setting hashes, in first-written order."""

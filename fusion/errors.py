@@ -96,3 +96,8 @@ class DatasetError(AVFusionError, ValueError):
 
 class BenchmarkError(AVFusionError, ValueError):
     """A benchmark helper given inconsistent inputs (unequal paired samples, a table row of the wrong width)."""
+
+
+class RunFileError(AVFusionError, ValueError):
+    """A run's own append-only file (``samples.jsonl``, ``metrics.jsonl``) damaged in a way no crash explains: a bad
+    line before the last one. The message names the file and the line."""

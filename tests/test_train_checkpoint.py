@@ -76,3 +76,14 @@ def test_rng_state_round_trip():
     first = torch.rand(3)
     set_rng_state(state)
     assert torch.equal(torch.rand(3), first)
+
+
+def test_a_later_checkpoint_that_latest_never_named_is_pruned_not_the_saved_one(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (2, 4):
+        _save(FakeEngine(), tmp_path, step, keep=1)
+    (root / "step-000006").mkdir()  # renamed into place, then killed before `latest` named it
+    (root / "step-000006" / "trainer_state.json").write_text('{"step": 6}')
+    _save(FakeEngine(), tmp_path, 5, keep=1)  # the resumed run saves at another step (train.save_every changed)
+    assert latest_checkpoint(tmp_path) == ("step-000005", 5)
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["step-000005"]

@@ -132,8 +132,9 @@ def test_resume_continues_with_the_same_losses_as_the_uninterrupted_run(runs):
     assert after_kill == {"adapter": False, "latest": "step-000002"}
     assert "resumed at step 2" in logs["resumed"]
     full = {m["step"]: m["loss"] for m in _metrics(root / "full")}
-    resumed = _metrics(root / "resumed")  # steps 1-3 of the stopped run, then 3-4 of the resumed one
-    assert [m["step"] for m in resumed] == [1, 2, 3, 3, 4]
+    assert "dropped 1 row(s) after step 2" in logs["resumed"]  # the stopped run's step 3, redone
+    resumed = _metrics(root / "resumed")  # steps 1-2 of the stopped run, then 3-4 of the resumed one
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
     assert all(m["loss"] == full[m["step"]] for m in resumed)  # exactly, not approximately
     a = load_file(str(root / "full" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(root / "resumed" / "adapter" / "adapter_model.safetensors"))

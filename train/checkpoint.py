@@ -4,6 +4,8 @@ Layout under ``run_dir/checkpoints/``: ``step-000004/`` (DeepSpeed's files for t
 optimizer and LR-scheduler states, our ``trainer_state.json``) and ``latest`` (the tag of the newest complete
 checkpoint). A save goes to ``.tmp-step-000004/`` first; only when every rank has written does rank 0 rename it
 and then replace ``latest`` (write-then-rename), so a run killed mid-save leaves the previous checkpoint usable.
+A run killed after the rename but before ``latest`` leaves a complete ``step-*`` that ``latest`` does not name yet:
+the resumed run starts from the older one and, reaching that step again, swaps its own save in.
 
 Trust: DeepSpeed writes its checkpoint files with ``torch.save`` (pickles). They are this run's own resume data,
 read back only by ``train.resume=true`` from the same ``output_dir``; never resume from a checkpoint directory you
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from fusion.crash_points import crash_point
 from fusion.errors import ConfigError, UnsafeWeightsError
 
 LATEST = "latest"
@@ -74,16 +77,26 @@ def save_checkpoint(engine, run_dir: Path, step: int, state: dict, keep: int, is
     final = root / tag
     if is_main:
         _write_atomic(root / tmp_tag / STATE, json.dumps({"step": step, **state}, indent=2))
+        crash_point("checkpoint-save")
         if final.exists():  # the same step saved again after a resume: swap, never leave a gap
             shutil.rmtree(root / f".old-{tag}", ignore_errors=True)
             final.rename(root / f".old-{tag}")
         (root / tmp_tag).rename(final)
+        crash_point("checkpoint-latest")
         _write_atomic(root / LATEST, tag)
         shutil.rmtree(root / f".old-{tag}", ignore_errors=True)
-        for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+        for old in stale(root, tag, keep):
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def stale(root: Path, tag: str, keep: int) -> list[Path]:
+    """The ``step-*`` directories to delete once ``tag`` is ``latest``: all but the ``keep`` newest up to ``tag``,
+    and any of a later step (left by a run killed before its ``latest`` update; this run recomputes them)."""
+    saved = sorted(p for p in root.glob("step-*") if p.is_dir())
+    before = [p for p in saved if p.name <= tag]
+    return before[:-keep] + [p for p in saved if p.name > tag]
 
 
 def latest_checkpoint(run_dir: Path) -> tuple[str, int] | None:

@@ -1,14 +1,21 @@
-"""What a run reports (rank 0 only): a progress bar, periodic log lines, ``metrics.jsonl`` and optional wandb."""
+"""What a run reports (rank 0 only): a progress bar, periodic log lines, ``metrics.jsonl`` and optional wandb.
+
+``metrics.jsonl`` holds one row per optimizer step, appended durably (:mod:`fusion.jsonl`). A run that starts at
+step ``s`` (0, or the checkpoint it resumed from) first cuts the rows after ``s`` (steps a killed run did past its
+last checkpoint, and a torn last row), so the file always reads as one loss curve, ``1, 2, ..., steps``.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from fusion.config import to_dict
+from fusion.jsonl import append_row, read_rows, rewrite_rows
+
+METRICS = "metrics.jsonl"
 
 
 @dataclass
@@ -47,9 +54,10 @@ class RunLogger:
 
     def __init__(self, cfg, run_dir: Path, active: bool, start_step: int) -> None:
         self.cfg, self.run_dir, self.active = cfg, Path(run_dir), active
-        self.bar = self.wandb = None
+        self.bar = self.wandb = self._metrics = None
         if not active:
             return
+        self._continue_metrics(start_step)
         if cfg.train.progress:
             from fusion.progress import progress
 
@@ -65,6 +73,18 @@ class RunLogger:
             self.wandb = wandb.init(project=cfg.wandb.project, name=name, group=cfg.wandb.group, mode=mode,
                                     dir=str(self.run_dir), config=to_dict(cfg), resume="allow")
 
+    def _continue_metrics(self, start_step: int) -> None:
+        """Keep the rows of steps ``<= start_step`` (the steps this run does not redo), then append to them."""
+        path = self.run_dir / METRICS
+        rows = read_rows(path)
+        kept = [r for r in rows if r.get("step", 0) <= start_step]
+        if len(kept) < len(rows):
+            print(f"{path}: dropped {len(rows) - len(kept)} row(s) after step {start_step}, the steps this run "
+                  "(re)does", flush=True)
+            rewrite_rows(path, kept)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = path.open("a", encoding="utf-8")
+
     def info(self, text: str) -> None:
         if not self.active:
             return
@@ -78,8 +98,7 @@ class RunLogger:
         if not self.active:
             return
         row = {k: v for k, v in vars(metrics).items()}
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(self._metrics, row)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{metrics.loss:.3f}", kept=f"{100 * metrics.kept:.0f}%")  # shown by update
             self.bar.update(1)
@@ -89,6 +108,9 @@ class RunLogger:
             self.wandb.log({**row, "kept": metrics.kept}, step=metrics.step)
 
     def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
         if self.bar is not None:
             self.bar.close()
         if self.wandb is not None:

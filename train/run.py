@@ -8,6 +8,8 @@ Steps: resolve the config (printed, saved to ``output_dir/config.yaml``) -> buil
 LoRA -> DeepSpeed engine (ZeRO-2 by default; gloo on CPU) -> train with checkpoints every ``train.save_every``
 steps -> ``output_dir/adapter/`` (``adapter_config.json``, ``adapter_model.safetensors``, ``fusion_config.json``),
 which ``fusion.load_model(base, method="fusion", adapter=...)`` and ``PeftModel.from_pretrained`` both load.
+Killed at any instant, a run leaves its last complete checkpoint and a loadable adapter (the previous one, if any);
+``train.resume=true`` continues with the uninterrupted run's losses (docs/crash-safety.md).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch  # noqa: E402
 
 from fusion.cli import parse_recipe, recipe_parser, run_reporting_errors  # noqa: E402
 from fusion.config import dump_yaml, load_config, to_dict  # noqa: E402
+from fusion.crash_points import crash_point  # noqa: E402
 from fusion.errors import ConfigError  # noqa: E402
 from fusion.progress import quiet_library_bars  # noqa: E402
 from train.config import RunConfig  # noqa: E402
@@ -86,6 +89,7 @@ class FusionRecipe:
 
         from train.checkpoint import latest_checkpoint, load_checkpoint
         from train.distributed import deepspeed_config, initialize
+        from train.export import recover
         from train.logs import RunLogger
         from train.model import build_model, trainable_summary
         from train.optim import build_optimizer
@@ -108,6 +112,7 @@ class FusionRecipe:
         ds_config = deepspeed_config(cfg, self.world, self.bf16, self.config_file)  # fail fast, before loading
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            recover(self.run_dir / "adapter")  # what a kill during a previous export left
             text = dump_yaml(cfg, self.run_dir / "config.yaml", header=HEADER.format(path=self.run_dir / "config.yaml"))
             print(f"resolved config ({self.run_dir / 'config.yaml'}):\n{text}", flush=True)
 
@@ -186,6 +191,7 @@ class FusionRecipe:
                                                 block.last_split_distance, cfg.loss.split_prior)
             loss = ce + cfg.loss.kd_weight * kd + cfg.loss.split_weight * split
             self.engine.backward(loss)
+            crash_point("train-step")
             self.engine.step()
             stats = self.thinker.last_stats
             totals += torch.tensor([loss.item(), ce.item(), kd.item(), stats.video_after.sum().item(),
@@ -264,13 +270,16 @@ class FusionRecipe:
             out = self.engine(**batch)
         if self.main:
             logits = answer_logits(out.logits, pruned_labels(labels, out.source_index)).float().cpu().contiguous()
-            save_file({"logits": logits, "indices": torch.tensor(indices)},
-                      str(self.run_dir / "final_probe.safetensors"))
+            path = self.run_dir / "final_probe.safetensors"
+            tmp = path.with_name(path.name + ".tmp")  # write-then-rename: never a torn probe
+            save_file({"logits": logits, "indices": torch.tensor(indices)}, str(tmp))
+            tmp.replace(path)
 
     def export(self) -> Path:
-        """``run_dir/adapter/`` (LoRA + the block via modules_to_save + fusion_config.json), written by rank 0."""
-        from fusion.block.adapter import export_adapter
+        """``run_dir/adapter/`` (LoRA + the block via modules_to_save + fusion_config.json), written by rank 0 into a
+        staging directory that then replaces the previous adapter atomically (train/export.py)."""
         from train.distributed import barrier
+        from train.export import export_run_adapter
 
         target = self.run_dir / "adapter"
         if self.engine.zero_optimization_stage() == 3:  # gather the partitioned adapter weights first
@@ -279,9 +288,9 @@ class FusionRecipe:
             saved = [p for n, p in self.engine.module.named_parameters() if "lora_" in n or "av_fusion" in n]
             with deepspeed.zero.GatheredParameters(saved, modifier_rank=None):
                 if self.main:
-                    export_adapter(self.engine.module, target)
+                    export_run_adapter(self.engine.module, target)
         elif self.main:
-            export_adapter(self.engine.module, target)
+            export_run_adapter(self.engine.module, target)
         barrier()
         self.log.info(f"adapter written to {target}")
         return target
