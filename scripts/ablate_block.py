@@ -36,7 +36,7 @@ ABLATIONS: dict[str, list[str]] = {
     "allocation-soft": ["fusion.allocation=true", "fusion.relaxation=soft", "fusion.temperature=0.05",
                         "fusion.temperature_final=0.005"],
     "allocation-ste": ["fusion.allocation=true", "fusion.relaxation=ste"],
-    "split-searched": ["fusion.split=searched", "loss.split_prior=0.5"],
+    "split-searched": ["fusion.split=searched", "optim.split_lr=1e-3"],
     "lora-off": ["lora.enabled=false"],
     "scorer-trained": ["optim.scorer_lr=2e-5"],
 }

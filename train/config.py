@@ -174,6 +174,8 @@ class OptimConfig:
     """Learning rate of the fusion block (null = lr); the block is trained from scratch."""
     scorer_lr: float | None = None
     """Learning rate of the block's keep-scorer MLP (null = block_lr; 0 = frozen at its random initialisation)."""
+    split_lr: float | None = None
+    """Learning rate of the block's split head (``fusion.split: searched``; null = block_lr)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -188,6 +190,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if not self.lr > 0 or (self.block_lr is not None and not self.block_lr > 0):
             raise invalid("lr", f"learning rates must be > 0, got lr={self.lr}, block_lr={self.block_lr}")
+        if self.split_lr is not None and not self.split_lr > 0:
+            raise invalid("split_lr", f"must be > 0 or null, got {self.split_lr}")
         if self.scorer_lr is not None and not self.scorer_lr >= 0:
             raise invalid("scorer_lr", f"must be >= 0 (0 freezes the scorer) or null, got {self.scorer_lr}")
         if len(self.betas) != 2:
@@ -207,24 +211,17 @@ class LossConfig:
     kd_temperature: float = 1.0
     """Distillation temperature T (the KL is scaled by T^2)."""
     split_weight: float = 1.0
-    """With ``fusion.split: searched``: loss = ce + ... + split_weight * KL(softmax(-l / T) || softmax(a)), the
-    head's loss toward the candidate shares with the lowest answer loss l (``train/split_search.py``)."""
-    split_temperature: float = 0.1
-    """T of that target: smaller = closer to the single best share."""
+    """With ``fusion.split: searched``: loss = ce + ... + split_weight * mean (l^ - l)^2, the split head's regression
+    on the answer loss l of every candidate share (``train/split_search.py``)."""
     split_explore: float = 0.5
     """Probability that a sample's gradient step uses a uniformly random candidate share instead of the head's
     (LoRA then learns every split; without it the head's first choice confirms itself)."""
-    split_prior: float = 0.0
-    """lambda: the target's cost of a share is l + lambda |share - proportional share|, so a far share must lower
-    the answer loss by that much to win (where all are equally bad the proportional one stays)."""
 
     def __post_init__(self) -> None:
         if self.kd_weight < 0 or not self.kd_temperature > 0:
             raise invalid("kd_weight", "kd_weight must be >= 0 and kd_temperature > 0")
-        if self.split_weight < 0 or not self.split_temperature > 0 or self.split_prior < 0 \
-                or not 0 <= self.split_explore <= 1:
-            raise invalid("split_weight", "split_weight and split_prior must be >= 0, split_temperature > 0 and "
-                                          "split_explore in [0, 1]")
+        if self.split_weight < 0 or not 0 <= self.split_explore <= 1:
+            raise invalid("split_weight", "split_weight must be >= 0 and split_explore in [0, 1]")
 
 
 @dataclass

@@ -187,8 +187,7 @@ class FusionRecipe:
                                          cfg.loss.kd_temperature)
             split = torch.zeros((), device=ce.device)
             if candidates is not None:
-                split = split_search.split_loss(block.last_split_logits, candidates, cfg.loss.split_temperature,
-                                                block.last_split_distance, cfg.loss.split_prior)
+                split = split_search.split_loss(block.last_split_prediction, candidates)
             loss = ce + cfg.loss.kd_weight * kd + cfg.loss.split_weight * split
             self.engine.backward(loss)
             crash_point("train-step")

@@ -2,11 +2,9 @@
 
 For every sample and every candidate video share ``s`` the current model (LoRA and block as they are now) is run
 once with that split -- hard selection, no gradient, the encoders run once for all ``S`` candidates -- and the
-answer's cross-entropy ``l_s`` is recorded. The head learns toward the shares with the lowest loss::
+answer's cross-entropy ``l_s`` is recorded. The head regresses on them::
 
-    q       = softmax(-(l + lambda d) / T)                      (B, S) target (T = loss.split_temperature,
-                                                                lambda = loss.split_prior, d = |f - N_v / N|)
-    L_split = mean_b KL(q_b || softmax(a_b))                    a = the head's logits in the training forward
+    L_split = mean_{b, s} (l^_bs - l_bs)^2                      l^ = the head's predicted losses in the forward
 
 The search costs ``S`` extra language-model passes per step (no backward). Which split the gradient step itself
 uses matters (both failures measured on ToyWorld at 10 %):
@@ -80,10 +78,6 @@ def exploring_share(batch_size: int, n_shares: int, explore: float, generator: t
     return torch.where(explore_mask, random, torch.full_like(random, -1))
 
 
-def split_loss(logits: Tensor, losses: Tensor, temperature: float, distance: Tensor | None = None,
-               prior: float = 0.0) -> Tensor:
-    """``mean_b KL(softmax(-(l_b + lambda d_b) / T) || softmax(a_b))`` for head logits ``a``, candidate losses ``l``
-    and distances ``d`` to the proportional share, all ``(B, S)``."""
-    cost = losses.float() if distance is None else losses.float() + prior * distance.float()
-    target = F.log_softmax(-cost / temperature, dim=1)  # (B, S)
-    return F.kl_div(F.log_softmax(logits.float(), dim=1), target, log_target=True, reduction="batchmean")
+def split_loss(predicted: Tensor, losses: Tensor) -> Tensor:
+    """``mean_{b,s} (l^_bs - l_bs)^2`` for the head's predictions ``l^`` and the searched losses ``l``, ``(B, S)``."""
+    return F.mse_loss(predicted.float(), losses.float())

@@ -47,7 +47,7 @@ from fusion.block.split import (
     SplitHead,
     modality_means,
     proportional_distance,
-    proportional_prior,
+    split_cost,
     split_counts,
     split_keep,
 )
@@ -151,9 +151,8 @@ class FusionBlock(nn.Module, Compressor):
         self.last_scores: Tensor | None = None  # (B, L) scores of the last call, for inspection
         self.last_cells: CellLayout | None = None  # cells of the last coverage-aware call
         self.last_allocation: Tensor | None = None  # (C,) its budgets: kappa (soft training) or k_c (hard)
-        self.last_split_logits: Tensor | None = None  # (B, S) split logits of the last call (with grad in training)
+        self.last_split_prediction: Tensor | None = None  # (B, S) predicted answer loss per share (grad in training)
         self.last_split_choice: Tensor | None = None  # (B,) index of the chosen video share
-        self.last_split_distance: Tensor | None = None  # (B, S) |share - proportional share|
         self.forced_split: Tensor | None = None  # (B,) share index the next training forward uses (-1: the head's)
 
     @staticmethod
@@ -282,15 +281,14 @@ class FusionBlock(nn.Module, Compressor):
         return Selection(keep=text | kept, embeds=embeds * gate[..., None].to(embeds.dtype))
 
     # ------------------------------------------------------------------ searched modality split
-    def split_logits(self, tokens: AVTokens, embeds: Tensor) -> Tensor:
-        """``(B, S)`` logits of the candidate video shares (head + proportional prior, ``fusion/block/split.py``)."""
+    def split_prediction(self, tokens: AVTokens, embeds: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, S)`` predicted answer loss of every candidate share and its cost (``fusion/block/split.py``)."""
         # detached: the head learns from the search alone, the fusion layers from the LM loss alone
         video_mean, audio_mean = modality_means(embeds.detach(), tokens.video_mask, tokens.audio_mask)  # (B, D)
-        logits = self.splitter(self._question_means(tokens), video_mean, audio_mean).float()  # (B, S)
-        shares = torch.tensor(self.config.split_shares, device=logits.device)
-        n_video, n_audio = tokens.video_mask.sum(1), tokens.audio_mask.sum(1)
-        self.last_split_distance = proportional_distance(shares, n_video, n_audio)  # (B, S)
-        return logits + proportional_prior(shares, n_video, n_audio)
+        predicted = self.splitter(self._question_means(tokens), video_mean, audio_mean, self.retention).float()
+        shares = torch.tensor(self.config.split_shares, device=predicted.device)
+        distance = proportional_distance(shares, tokens.video_mask.sum(1), tokens.audio_mask.sum(1))  # (B, S)
+        return predicted, split_cost(predicted.detach(), distance, self.config.split_prior)
 
     def split_counts(self, tokens: AVTokens) -> tuple[Tensor, Tensor]:
         """``(B, S)`` video and audio keep counts of every candidate share at the current retention."""
@@ -305,8 +303,6 @@ class FusionBlock(nn.Module, Compressor):
         scores = self.scores(embeds, tokens)  # (B, L)
         text = tokens.attention_mask.bool() & ~tokens.av_mask
         k_video, k_audio = self.split_counts(tokens)  # (B, S) each
-        shares = torch.tensor(cfg.split_shares, device=scores.device)
-        self.last_split_distance = proportional_distance(shares, tokens.video_mask.sum(1), tokens.audio_mask.sum(1))
         return [Selection(keep=text | split_keep(scores, tokens.video_mask, tokens.audio_mask, k_video[:, s],
                                                  k_audio[:, s]), embeds=embeds)
                 for s in range(k_video.shape[1])]
@@ -318,14 +314,14 @@ class FusionBlock(nn.Module, Compressor):
         self.forced_split = choice.detach().long()
 
     def _select_split(self, tokens: AVTokens, embeds: Tensor, scores: Tensor, text: Tensor) -> Selection:
-        """Keep the top-``k_v`` video and top-``k_a`` audio tokens with the head's share (argmax of its logits), or in
+        """Keep the top-``k_v`` video and top-``k_a`` audio tokens with the cheapest share (lowest predicted loss), or in
         training the share forced by :meth:`force_split`."""
-        logits = self.split_logits(tokens, embeds)  # (B, S)
-        choice = logits.detach().argmax(1)  # (B,)
+        predicted, cost = self.split_prediction(tokens, embeds)  # (B, S) each
+        choice = cost.argmin(1)  # (B,)
         if self.training and self.forced_split is not None:  # the trainer's exploration, for this forward only
             forced, self.forced_split = self.forced_split.to(choice.device), None
             choice = torch.where(forced >= 0, forced, choice)
-        self.last_split_logits, self.last_split_choice = logits, choice
+        self.last_split_prediction, self.last_split_choice = predicted, choice
         k_video, k_audio = self.split_counts(tokens)  # (B, S)
         pick = choice[:, None]
         kept = split_keep(scores, tokens.video_mask, tokens.audio_mask, k_video.gather(1, pick).squeeze(1),

@@ -71,11 +71,14 @@ class FusionConfig:
     split: Literal["off", "searched"] = "off"
     """searched (``fusion/block/split.py``): a head reads the question and the clip and picks the video share of the
     joint budget among ``split_shares``; each modality then keeps its top-scored tokens. It learns from a search:
-    the trainer scores every candidate share with the current model (no gradient) and trains the head toward the
-    lowest answer loss (``loss.split_weight``, ``loss.split_temperature``). At initialisation it picks the share
-    nearest the proportional split. off: the split emerges from one joint top-k."""
+    the trainer scores every candidate share with the current model (no gradient) and the head learns to predict
+    each share's answer loss (``loss.split_weight``); the block keeps the cheapest. At initialisation it picks the
+    share nearest the proportional split. off: the split emerges from one joint top-k."""
     split_shares: list[float] = field(default_factory=lambda: [0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0])
     """Candidate video shares of the joint budget for ``split: searched`` (sorted, in [0, 1], at least two)."""
+    split_prior: float = 0.5
+    """lambda: a share costs its predicted answer loss + lambda |share - proportional share|, so moving away from the
+    proportional split needs a predicted gain (answer cross-entropy, nats) larger than lambda times the distance."""
     temperature_final: float | None = None
     """tau at the last training step (geometric schedule from ``temperature``); None = constant tau."""
     init_seed: int = 0
@@ -119,6 +122,8 @@ class FusionConfig:
                     and len(set(shares)) >= 2):
                 raise invalid("split_shares", f"needs at least two distinct video shares in [0, 1], got {shares!r}")
             self.split_shares = sorted(float(f) for f in shares)
+            if not (isinstance(self.split_prior, (int, float)) and self.split_prior >= 0):
+                raise invalid("split_prior", f"must be >= 0, got {self.split_prior!r}")
         if self.scorer != "learned":
             from fusion.pruners import METHODS
 

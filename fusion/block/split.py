@@ -2,29 +2,33 @@
 
 A global top-k over z-scored keep-scores splits the budget about in proportion to the token counts (on ToyWorld's
 4-s clips 2 of the 12 tokens kept at 10 % are video, where counting shapes needs 4). The split is a discrete
-choice per sample, so here it is a classifier over ``S`` candidate video shares ``f_1 .. f_S`` of the budget::
+choice per sample among ``S`` candidate video shares ``f_1 .. f_S`` of the budget. A head predicts, for each
+candidate, the answer loss the model would have with it, and the block takes the cheapest::
 
-    a     = SplitHead([q ; mean_v ; mean_a]) + prior        (B, S) logits; q = the question's mean input embedding,
-                                                             mean_m = the mean fused embedding of modality m
-    f*    = f_{argmax a}
+    l^_s  = SplitHead([q ; mean_v ; mean_a], r)_s           (B, S) predicted answer loss; q = the question's mean
+                                                             input embedding, mean_m = the mean fused embedding of
+                                                             modality m, r = the retention
+    c_s   = l^_s + (lambda + 1e-3) d_s,   d_s = |f_s - N_v / N|       (lambda = fusion.split_prior)
+    f*    = f_{argmin c}
     k_v   = clamp(round(f* K), K - N_a, N_v),   k_a = K - k_v      (K = ceil(r (N_v + N_a)): k_v + k_a = K exactly)
     keep  = top-k_v of the video scores  U  top-k_a of the audio scores
 
-``prior_s = -1e-3 |f_s - N_v / N|``: at initialisation (last layer zero) the head picks the candidate nearest the
-proportional split, i.e. the untrained block keeps what a joint top-k of random scores would.
+At initialisation (last layer zero) ``l^ = 0``: the block picks the candidate nearest the proportional split, i.e.
+it keeps what a joint top-k of random scores would. ``lambda`` makes a share far from proportional win only when
+it is predicted to lower the answer loss by more than ``lambda d_s``.
 
 Training signal (no gradient flows through a discrete split): the trainer scores every candidate with the current
-model -- hard selection, no gradient, ``l_s`` = the answer's cross-entropy with split ``s`` -- and trains the head
-toward the best ones (``train/split_search.py``)::
-
-    L_split = KL( softmax(-(l + lambda d) / T) || softmax(a) )     d_s = |f_s - N_v / N|
-
-``lambda`` (``loss.split_prior``) makes a share far from proportional win only when it lowers the answer loss
-by more than ``lambda d_s``: where every split is equally bad (a question the model cannot answer yet), the
-target stays at the proportional split instead of a random extreme that would starve one modality.
+model -- hard selection, no gradient, ``l_s`` = the answer's cross-entropy with split ``s`` -- and regresses the
+head on them (``train/split_search.py``): ``L_split = mean_{b,s} (l^_bs - l_bs)^2``. A classifier trained toward
+softmax(-l / T) was tried first: where several shares are equally good (any share >= 3/8 for counting shapes)
+its probability spreads over them and its argmax fell back on the one share that is second-best everywhere
+(measured on ToyWorld val: the proportional share for every category). Predicting the loss of each share and
+taking the minimum does not have that failure.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -32,11 +36,12 @@ from torch import Tensor, nn
 from fusion.pruners.budget import keep_count
 from fusion.pruners.ranking import topk_mask
 
-PRIOR_SCALE = 1e-3  # small enough that any learned logit difference wins
+TIE_BREAK = 1e-3  # added to lambda: with lambda = 0, equal predictions still go to the proportional share
 
 
 class SplitHead(nn.Module):
-    """``a = W_2 GELU(W_1 LN([q ; mean_v ; mean_a]) + b_1) + b_2`` in R^S; ``W_2, b_2`` start at zero.
+    """``l^ = W_2 GELU(W_1 LN([q ; mean_v ; mean_a]) + w_r log r + b_1) + b_2`` in R^S (the predicted answer loss of
+    each candidate share); ``W_2, b_2`` start at zero.
 
     Args:
         width: D, the backbone's hidden size.
@@ -47,13 +52,17 @@ class SplitHead(nn.Module):
     def __init__(self, width: int, hidden: int, n_shares: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(3 * width)
-        self.mlp = nn.Sequential(nn.Linear(3 * width, hidden), nn.GELU(), nn.Linear(hidden, n_shares))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        self.inputs = nn.Linear(3 * width, hidden)
+        self.retention = nn.Linear(1, hidden, bias=False)
+        self.out = nn.Linear(hidden, n_shares)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
-    def forward(self, question: Tensor, video: Tensor, audio: Tensor) -> Tensor:
-        """``(B, D)`` each -> ``(B, S)`` logits (without the prior)."""
-        return self.mlp(self.norm(torch.cat([question, video, audio], dim=-1)))
+    def forward(self, question: Tensor, video: Tensor, audio: Tensor, retention: float) -> Tensor:
+        """``(B, D)`` each and the retention r -> ``(B, S)`` predicted answer losses."""
+        x = self.inputs(self.norm(torch.cat([question, video, audio], dim=-1)))  # (B, hidden)
+        log_r = torch.full((x.shape[0], 1), math.log(retention), dtype=x.dtype, device=x.device)
+        return self.out(nn.functional.gelu(x + self.retention(log_r)))
 
 
 def modality_means(embeds: Tensor, video_mask: Tensor, audio_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -71,9 +80,9 @@ def proportional_distance(shares: Tensor, n_video: Tensor, n_audio: Tensor) -> T
     return (shares.double()[None, :] - proportion[:, None]).abs().float()
 
 
-def proportional_prior(shares: Tensor, n_video: Tensor, n_audio: Tensor) -> Tensor:
-    """``(B, S)`` ``-1e-3 |f_s - N_v / (N_v + N_a)|``: ties at init go to the proportional split."""
-    return -PRIOR_SCALE * proportional_distance(shares, n_video, n_audio)
+def split_cost(predicted: Tensor, distance: Tensor, prior: float) -> Tensor:
+    """``(B, S)`` ``c = l^ + (lambda + 1e-3) d``: the block keeps the share of lowest cost."""
+    return predicted + (prior + TIE_BREAK) * distance
 
 
 def split_counts(shares: Tensor, n_video: Tensor, n_audio: Tensor, retention: float) -> tuple[Tensor, Tensor]:
