@@ -314,8 +314,8 @@ class FusionBlock(nn.Module, Compressor):
         self.forced_split = choice.detach().long()
 
     def _select_split(self, tokens: AVTokens, embeds: Tensor, scores: Tensor, text: Tensor) -> Selection:
-        """Keep the top-``k_v`` video and top-``k_a`` audio tokens with the cheapest share (lowest predicted loss), or in
-        training the share forced by :meth:`force_split`."""
+        """Keep the top-``k_v`` video and top-``k_a`` audio tokens with the cheapest share (lowest predicted loss), or
+        in training the share forced by :meth:`force_split`."""
         predicted, cost = self.split_prediction(tokens, embeds)  # (B, S) each
         choice = cost.argmin(1)  # (B,)
         if self.training and self.forced_split is not None:  # the trainer's exploration, for this forward only
