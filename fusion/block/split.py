@@ -5,7 +5,7 @@ A global top-k over z-scored keep-scores splits the budget about in proportion t
 choice per sample among ``S`` candidate video shares ``f_1 .. f_S`` of the budget. A head predicts, for each
 candidate, the answer loss the model would have with it, and the block takes the cheapest::
 
-    l^_s  = SplitHead([q ; mean_v ; mean_a], r)_s           (B, S) predicted answer loss; q = the question's mean
+    l^_s  = SplitHead(q, mean_v, mean_a, r)_s               (B, S) predicted answer loss; q = the question's mean
                                                              input embedding, mean_m = the mean fused embedding of
                                                              modality m, r = the retention
     c_s   = l^_s + (lambda + 1e-3) d_s,   d_s = |f_s - N_v / N|       (lambda = fusion.split_prior)
@@ -40,8 +40,10 @@ TIE_BREAK = 1e-3  # added to lambda: with lambda = 0, equal predictions still go
 
 
 class SplitHead(nn.Module):
-    """``l^ = W_2 GELU(W_1 LN([q ; mean_v ; mean_a]) + w_r log r + b_1) + b_2`` in R^S (the predicted answer loss of
-    each candidate share); ``W_2, b_2`` start at zero.
+    """``l^ = W_2 GELU(W_1 [LN(q) ; LN(mean_v) ; LN(mean_a)] + w_r log r + b_1) + b_2`` in R^S (the predicted answer
+    loss of each candidate share); ``W_2, b_2`` start at zero. Each input has its own LayerNorm: the question's mean
+    token embedding is ~10x smaller than the media means, and one shared norm left the head nearly blind to it
+    (it could not tell "how many beeps" from "how many shapes" on ToyWorld).
 
     Args:
         width: D, the backbone's hidden size.
@@ -51,7 +53,7 @@ class SplitHead(nn.Module):
 
     def __init__(self, width: int, hidden: int, n_shares: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(3 * width)
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(3))  # question, video, audio
         self.inputs = nn.Linear(3 * width, hidden)
         self.retention = nn.Linear(1, hidden, bias=False)
         self.out = nn.Linear(hidden, n_shares)
@@ -60,7 +62,7 @@ class SplitHead(nn.Module):
 
     def forward(self, question: Tensor, video: Tensor, audio: Tensor, retention: float) -> Tensor:
         """``(B, D)`` each and the retention r -> ``(B, S)`` predicted answer losses."""
-        x = self.inputs(self.norm(torch.cat([question, video, audio], dim=-1)))  # (B, hidden)
+        x = self.inputs(torch.cat([norm(v) for norm, v in zip(self.norms, (question, video, audio))], dim=-1))
         log_r = torch.full((x.shape[0], 1), math.log(retention), dtype=x.dtype, device=x.device)
         return self.out(nn.functional.gelu(x + self.retention(log_r)))
 
