@@ -32,11 +32,11 @@ WORLDS = {
 #: name -> overrides of configs/fusion.yaml (the recipe itself is the empty override)
 ABLATIONS: dict[str, list[str]] = {
     "recipe": [],
-    "allocation-marginal": ["fusion.allocation=true", "fusion.relaxation=marginal"],
-    "allocation-soft": ["fusion.allocation=true", "fusion.relaxation=soft", "fusion.temperature=0.05",
-                        "fusion.temperature_final=0.005"],
-    "allocation-ste": ["fusion.allocation=true", "fusion.relaxation=ste"],
-    "split-searched": ["fusion.split=searched", "optim.split_lr=1e-3"],
+    "split-off": ["fusion.split=off"],
+    "allocation-marginal": ["fusion.split=off", "fusion.allocation=true", "fusion.relaxation=marginal"],
+    "allocation-soft": ["fusion.split=off", "fusion.allocation=true", "fusion.relaxation=soft",
+                        "fusion.temperature=0.05", "fusion.temperature_final=0.005"],
+    "allocation-ste": ["fusion.split=off", "fusion.allocation=true", "fusion.relaxation=ste"],
     "lora-off": ["lora.enabled=false"],
     "scorer-trained": ["optim.scorer_lr=2e-5"],
 }
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         if "recipe" in names else None
     methods = [{"method": "fusion", "name": f"fusion-{n}", "adapter": str(root / n / "adapter")} for n in names]
     if recipe is not None:  # the recipe's block at its initialisation, and the oracle at the same joint budget
-        keys = ("dim", "heads", "layers", "neighbours", "scorer_hidden", "instruction", "standardise", "allocation")
+        keys = ("dim", "heads", "layers", "neighbours", "scorer_hidden", "instruction", "standardise", "allocation",
+                "split", "split_shares", "split_prior")
         methods.insert(0, {"method": "fusion", "name": "fusion-untrained", "params": {k: recipe[k] for k in keys}})
     methods.insert(0, {"method": "evidence_oracle", "params": {"budget": "joint"}})
     eval_dir = root / f"eval_{args.split}"

@@ -233,7 +233,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--block-dim", type=int, default=None, help="the learned block's width d (default: 256 at the "
                    "real size; on the scaled CPU config shrunk with the decoder width, see block_size)")
     p.add_argument("--block-allocation", action="store_true", help="time the block with its coverage-aware "
-                   "selection (fusion.allocation=true, the recipe's): the allocation head and the per-cell top-k")
+                   "selection (fusion.allocation=true): the allocation head and the per-cell top-k")
+    p.add_argument("--block-split", action="store_true", help="time the block with the recipe's searched modality "
+                   "split (fusion.split=searched): the split head and one top-k per modality")
     p.add_argument("--retentions", nargs="+", type=float, default=[0.35, 0.2, 0.1])
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (medians)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds before them")
@@ -267,8 +269,12 @@ def main(argv: list[str] | None = None) -> dict:
     bench = Bench(model, make_inputs(model, args.seconds, args.frame_size, device, dtype), device)
     todo, skipped = plan(args)
     block = block_size(args.model, model.config, size, args.block_dim)
+    if args.block_allocation and args.block_split:
+        raise SystemExit("--block-allocation and --block-split are two different selections: pass one")
     if args.block_allocation:
         block = {**block, "allocation": True}
+    if args.block_split:
+        block = {**block, "split": "searched"}
     meta = {"environment": environment(device, dtype, args.attn),
             "command": "python scripts/bench_prefill.py " + shlex.join(sys.argv[1:] if argv is None else argv),
             "device": device.type, "dtype": str(dtype).removeprefix("torch."), "attn": args.attn,
