@@ -53,7 +53,8 @@ def test_only_lora_and_the_block_train(built):
     trained_copy = model.get_base_model().compressor.modules_to_save["default"]  # PEFT's trainable copy
     assert counts["block"] == sum(p.numel() for p in trained_copy.parameters()) and counts["lora"] > 0
     groups = parameter_groups(model, lr=1e-4, block_lr=1e-3, weight_decay=0.0)
-    assert [(g["name"], g["lr"]) for g in groups] == [("lora", 1e-4), ("block", 1e-3), ("scorer", 1e-3)]
+    assert [(g["name"], g["lr"]) for g in groups] == [("lora", 1e-4), ("block", 1e-3), ("scorer", 1e-3),
+                                                      ("splitter", 1e-3)]
     assert sum(p.numel() for g in groups for p in g["params"]) == counts["lora"] + counts["block"]
     scorer = sum(p.numel() for p in trained_copy.scorer.parameters())
     assert sum(p.numel() for p in groups[2]["params"]) == scorer
@@ -61,10 +62,11 @@ def test_only_lora_and_the_block_train(built):
 
 def test_scorer_lr_sets_or_freezes_the_keep_scorer():
     model, _ = build_model(_cfg())
-    groups = parameter_groups(model, lr=1e-4, block_lr=1e-3, weight_decay=0.0, scorer_lr=5e-5)
-    assert [(g["name"], g["lr"]) for g in groups] == [("lora", 1e-4), ("block", 1e-3), ("scorer", 5e-5)]
+    groups = parameter_groups(model, lr=1e-4, block_lr=1e-3, weight_decay=0.0, scorer_lr=5e-5, split_lr=2e-3)
+    assert [(g["name"], g["lr"]) for g in groups] == [("lora", 1e-4), ("block", 1e-3), ("scorer", 5e-5),
+                                                      ("splitter", 2e-3)]
     groups = parameter_groups(model, lr=1e-4, block_lr=1e-3, weight_decay=0.0, scorer_lr=0)
-    assert [g["name"] for g in groups] == ["lora", "block"]
+    assert [g["name"] for g in groups] == ["lora", "block", "splitter"]
     frozen = [n for n, p in model.named_parameters() if ".scorer." in n and "modules_to_save" in n]
     assert frozen and not any(p.requires_grad for n, p in model.named_parameters() if n in frozen)
 
