@@ -125,7 +125,8 @@ def test_required_fields_are_reported():
 
 
 def test_resolved_run_config_round_trips_through_the_saved_yaml(tmp_path):
-    overrides = ["fusion.retention=0.2", "fusion.split=off", "fusion.scorer=uniform", "fusion.scorer_params.budget=joint",
+    overrides = ["fusion.retention=0.2", "fusion.split=off", "fusion.scorer=uniform",
+                 "fusion.scorer_params.budget=joint",
                  "optim.block_lr=1e-3", "train.stop_after=3", "lora.enabled=false", "data.synthetic.cue=media"]
     cfg = load_config(RunConfig, "configs/fusion.yaml", overrides)
     path = tmp_path / "run" / "config.yaml"
