@@ -135,17 +135,6 @@ def test_zero_byte_file_is_empty(tmp_path):
         load_media(empty)
 
 
-def test_container_without_media_data_is_empty(tmp_path):
-    path = tmp_path / "header_only.mkv"
-    with av.open(str(path), "w", format="matroska") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width = stream.height = 56
-        stream.pix_fmt = "yuv420p"
-        container.start_encoding()
-    with pytest.raises(EmptyMediaError, match="header_only.mkv"):
-        load_media(path)
-
-
 def test_errors_are_av_fusion_errors_and_builtins(tmp_path):
     with pytest.raises(FileNotFoundError):  # MediaNotFoundError is also a FileNotFoundError
         load_media(tmp_path / "x.mp4")
