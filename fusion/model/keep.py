@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -28,6 +28,8 @@ class PrunedBatch:
         source_index: ``(B, L')`` index of each kept token in the unpruned sequence (-1 on padding).
         rope_deltas: ``(B, 1)`` ``max(kept ids) + 1 - n_kept``, so cache-based decoding continues at max + 1.
         key_bias: ``(B, L')`` the selection's soft-keep attention bias gathered like the rest (0 on padding), or None.
+        lm_inputs: extra language-model inputs a backbone gathered with the same kept index (Qwen3-Omni's
+            ``visual_pos_masks`` / ``deepstack_visual_embeds``); empty for Qwen2.5-Omni.
     """
 
     inputs_embeds: Tensor
@@ -38,6 +40,7 @@ class PrunedBatch:
     source_index: Tensor
     rope_deltas: Tensor
     key_bias: Tensor | None = None
+    lm_inputs: dict = field(default_factory=dict)
 
 
 def check_selection(selection: Selection, tokens: AVTokens) -> Tensor:
@@ -114,5 +117,6 @@ def apply_keep(
 
 def _rope_deltas(position_ids: Tensor, keep: Tensor, count: Tensor) -> Tensor:
     """``(B, 1)`` max kept TMRoPE id + 1 - number kept (the offset cache-based decoding adds)."""
-    masked = position_ids.masked_fill(~keep[None], torch.iinfo(position_ids.dtype).min)
+    info = torch.finfo if position_ids.is_floating_point() else torch.iinfo  # Qwen3-Omni's ids are floats
+    masked = position_ids.masked_fill(~keep[None], info(position_ids.dtype).min)
     return (masked.amax(dim=(0, 2)) + 1 - count)[:, None]
