@@ -36,8 +36,9 @@ def block_time_ids(input_ids: Tensor, position_ids: Tensor, av: Tensor, ids: Spe
             "with the processor (or fusion.testing.random_inputs), which writes the markers around every media block"
         )
     t = position_ids[0]  # (B, L) temporal row
-    start = t.gather(1, last_bos.clamp(min=0)) + 1
-    time_id = torch.where(av, t - start, torch.full_like(t, -1))
+    start = t.gather(1, last_bos.clamp(min=0)) + 1  # (B, L)
+    # Qwen3-Omni's ids are floats (grid g at g * second_per_grid * 13): floor them to whole ids
+    time_id = torch.where(av, (t - start).floor().long(), torch.full(t.shape, -1, device=t.device))
     # a block opens at a bos that does not directly follow another bos (<|vision_bos|><|audio_bos|> is one block)
     opens = is_bos & ~torch.nn.functional.pad(is_bos[:, :-1], (1, 0), value=False)
     block = torch.where(av, opens.long().cumsum(1) - 1, torch.full_like(t, -1))
@@ -113,7 +114,7 @@ def annotate_tokens(
         video_grid_thw=video_grid_thw,
         spatial_merge_size=config.vision_config.spatial_merge_size,
         position_id_per_seconds=int(config.position_id_per_seconds),
-        seconds_per_chunk=int(config.seconds_per_chunk),
+        seconds_per_chunk=int(getattr(config, "seconds_per_chunk", 2)),  # Qwen3-Omni has no chunks: 2-s groups
     )
     if video_grid_thw is not None:  # cheap consistency check of grids vs placeholders, before any method runs
         merge = config.vision_config.spatial_merge_size

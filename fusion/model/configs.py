@@ -1,17 +1,19 @@
-"""Thinker configurations: the tiny random one for tests, and the published 3B/7B ones shipped in configs/models/."""
+"""Thinker configurations: the tiny random ones for tests, and the published ones shipped in configs/models/
+(Qwen2.5-Omni 3B/7B, Qwen3-Omni-30B-A3B)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from transformers import Qwen2_5OmniThinkerConfig
+from transformers import Qwen2_5OmniThinkerConfig, Qwen3OmniMoeThinkerConfig
 
 from fusion.errors import ModelLoadError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONFIG_DIR = REPO_ROOT / "configs" / "models"
-REAL_CONFIGS = ("qwen2_5_omni_3b", "qwen2_5_omni_7b")
+REAL_CONFIGS = ("qwen2_5_omni_3b", "qwen2_5_omni_7b", "qwen3_omni_30b_a3b")
+QWEN3_CONFIGS = ("qwen3_omni_30b_a3b",)
 
 
 def special_token_config(tokenizer) -> dict:
@@ -57,8 +59,41 @@ def tiny_config(tokenizer) -> Qwen2_5OmniThinkerConfig:
                                 vision_hidden=32, audio_hidden=32)
 
 
-def real_config(name_or_file: str | Path) -> Qwen2_5OmniThinkerConfig:
-    """A published thinker config by name (``qwen2_5_omni_3b``/``qwen2_5_omni_7b``) or from a JSON file."""
+def tiny_qwen3_config(tokenizer) -> Qwen3OmniMoeThinkerConfig:
+    """The tiny random Qwen3-Omni thinker of tests: MoE text model (hidden 64, 2 layers, 4 experts, 2 active,
+    head dim 16, interleaved MRoPE [2, 3, 3]); a 2-layer vision tower (patch 16, merge 2) whose DeepStack taps
+    both layers (added after LLM layers 0 and 1); a 2-layer AuT audio encoder (13 tokens per second); 13 ids/s."""
+    vocab = -(-len(tokenizer) // 8) * 8
+    tokens = special_token_config(tokenizer)
+    return Qwen3OmniMoeThinkerConfig(
+        text_config=dict(
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_experts=4,
+            num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            max_position_embeddings=32768, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[2, 3, 3], interleaved=True,
+                                 mrope_interleaved=True),
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=64, patch_size=16,
+            spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64, deepstack_visual_indexes=[0, 1],
+        ),
+        audio_config=dict(
+            num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64, d_model=32,
+            output_dim=64, n_window=50, n_window_infer=800, downsample_hidden_size=16, max_source_positions=1500,
+        ),
+        audio_token_id=tokens["audio_token_index"], image_token_id=tokens["image_token_index"],
+        video_token_id=tokens["video_token_index"], audio_start_token_id=tokens["audio_start_token_id"],
+        audio_end_token_id=tokens["audio_end_token_id"], vision_start_token_id=tokens["vision_start_token_id"],
+        vision_end_token_id=tokens["vision_end_token_id"], user_token_id=tokens["user_token_id"],
+        position_id_per_seconds=13, seconds_per_chunk=2, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+def real_config(name_or_file: str | Path) -> Qwen2_5OmniThinkerConfig | Qwen3OmniMoeThinkerConfig:
+    """A published thinker config by name (one of :data:`REAL_CONFIGS`) or from a JSON file (its ``model_type``
+    picks Qwen2.5-Omni or Qwen3-Omni)."""
     path = Path(name_or_file)
     if not path.suffix == ".json":
         path = MODEL_CONFIG_DIR / f"{name_or_file}.json"
@@ -67,8 +102,10 @@ def real_config(name_or_file: str | Path) -> Qwen2_5OmniThinkerConfig:
             f"no thinker config at {path}; use one of {list(REAL_CONFIGS)} or the path of a thinker config.json"
         )
     data = json.loads(path.read_text())
-    if data.get("model_type") == "qwen2_5_omni":  # a full Omni config: take its thinker part
+    if data.get("model_type") in ("qwen2_5_omni", "qwen3_omni_moe"):  # a full Omni config: take its thinker part
         data = data["thinker_config"]
+    if data.get("model_type") == "qwen3_omni_moe_thinker":
+        return Qwen3OmniMoeThinkerConfig(**data)
     return Qwen2_5OmniThinkerConfig(**data)
 
 

@@ -8,12 +8,15 @@ import torch
 from transformers import AutoConfig, WhisperFeatureExtractor
 
 from fusion.errors import MethodConfigError, ModelLoadError
-from fusion.model.configs import REAL_CONFIGS, real_config, tiny_config
+from fusion.model.configs import REAL_CONFIGS, real_config, tiny_config, tiny_qwen3_config
+from fusion.model.qwen3_thinker import CompressedQwen3Thinker
 from fusion.model.thinker import CompressedThinker
 from fusion.model.toy import LONG_ASSET_DIR, TOY_LONG_NAME, TOY_NAME
 from fusion.pruners import METHODS
 
 TINY = "tiny-random"
+TINY_QWEN3 = "tiny-random-qwen3"
+QWEN3_MODEL_TYPES = ("qwen3_omni_moe", "qwen3_omni_moe_thinker")
 
 
 def tiny_processor(video=None):
@@ -31,18 +34,20 @@ def tiny_processor(video=None):
 
 
 def build_random_thinker(config, seed: int = 0, dtype: torch.dtype | None = None,
-                         attn_implementation: str = "sdpa") -> CompressedThinker:
-    """A thinker of the real HF class with seeded random weights."""
+                         attn_implementation: str = "sdpa") -> CompressedThinker | CompressedQwen3Thinker:
+    """A thinker of the real HF class with seeded random weights (Qwen3-Omni for a ``qwen3_omni_moe_thinker``
+    config, else Qwen2.5-Omni)."""
     config._attn_implementation = attn_implementation
+    cls = CompressedQwen3Thinker if config.model_type in QWEN3_MODEL_TYPES else CompressedThinker
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CompressedThinker(config)
+        model = cls(config)
     return model.to(dtype) if dtype is not None else model
 
 
 def load_pretrained_thinker(name_or_path: str, dtype=None, attn_implementation: str = "sdpa",
                             trust_remote_code: bool = False, **hub_kwargs) -> CompressedThinker:
-    """Load only the thinker of a Qwen2.5-Omni checkpoint (hub id or local dir); the talker is never built.
+    """Load only the thinker of a Qwen2.5-/Qwen3-Omni checkpoint (hub id or local dir); the talker is never built.
 
     A full ``Qwen2_5OmniForConditionalGeneration`` checkpoint stores the thinker under ``thinker.``; transformers'
     own conversion mapping for the thinker class (found through the config's model_type) strips that prefix and
@@ -65,7 +70,11 @@ def load_pretrained_thinker(name_or_path: str, dtype=None, attn_implementation: 
         return CompressedThinker.from_pretrained(name_or_path, config=config.thinker_config, **kwargs)
     if config.model_type == "qwen2_5_omni_thinker":
         return CompressedThinker.from_pretrained(name_or_path, config=config, **kwargs)
-    raise ModelLoadError(f"{name_or_path!r} is a {config.model_type!r} checkpoint, not Qwen2.5-Omni")
+    if config.model_type == "qwen3_omni_moe":  # e.g. Qwen/Qwen3-Omni-30B-A3B-Instruct: the thinker only
+        return CompressedQwen3Thinker.from_pretrained(name_or_path, config=config.thinker_config, **kwargs)
+    if config.model_type == "qwen3_omni_moe_thinker":
+        return CompressedQwen3Thinker.from_pretrained(name_or_path, config=config, **kwargs)
+    raise ModelLoadError(f"{name_or_path!r} is a {config.model_type!r} checkpoint, not Qwen2.5-Omni or Qwen3-Omni")
 
 
 def load_model(
@@ -85,9 +94,11 @@ def load_model(
     Args:
         name_or_path: ``"toy"`` (the pre-trained ToyWorld backbone shipped in the package), ``"toy_long"`` (the
             ToyWorld-Long one), ``"tiny-random"``
-            (tests), ``"qwen2_5_omni_3b"``/``"qwen2_5_omni_7b"`` or a thinker
+            (tests), ``"tiny-random-qwen3"`` (tests of Qwen3-Omni; processor None),
+            ``"qwen2_5_omni_3b"``/``"qwen2_5_omni_7b"``/``"qwen3_omni_30b_a3b"`` or a thinker
             config JSON (random weights at that size, for benchmarks; processor is None), or a hub id /
-            local directory of a Qwen2.5-Omni checkpoint (e.g. ``Qwen/Qwen2.5-Omni-7B``).
+            local directory of a Qwen2.5-Omni or Qwen3-Omni checkpoint (e.g. ``Qwen/Qwen2.5-Omni-7B``,
+            ``Qwen/Qwen3-Omni-30B-A3B-Instruct``: the thinker only, with the stock Qwen3 processor).
         method: registry name of the compressor (``fusion.METHODS``); ``"none"`` keeps everything; ``"fusion"``
             is the learned block (untrained without ``adapter``).
         retention: fraction of audio/video tokens kept, in (0, 1]; default 1.0, or with an adapter the
@@ -129,13 +140,22 @@ def load_model(
     elif name == TINY:
         processor = tiny_processor()
         model = build_random_thinker(tiny_config(processor.tokenizer), seed, dtype, attn_implementation)
+    elif name == TINY_QWEN3:  # inputs: fusion.testing_qwen3.random_qwen3_inputs (no Qwen3 processor offline)
+        model = build_random_thinker(tiny_qwen3_config(tiny_processor().tokenizer), seed, dtype,
+                                     attn_implementation)
+        processor = None
     elif name in REAL_CONFIGS or name.endswith(".json"):
         model, processor = build_random_thinker(real_config(name), seed, dtype, attn_implementation), None
     else:
-        from fusion.data.processor import OmniProcessor
-
         model = load_pretrained_thinker(name, dtype, attn_implementation, trust_remote_code=trust_remote_code)
-        processor = OmniProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+        if isinstance(model, CompressedQwen3Thinker):  # Qwen3-Omni's layout is the stock processor's
+            from transformers import Qwen3OmniMoeProcessor
+
+            processor = Qwen3OmniMoeProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+        else:
+            from fusion.data.processor import OmniProcessor
+
+            processor = OmniProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
     if adapter is not None:
         from fusion.block.adapter import load_adapter
 
