@@ -216,17 +216,17 @@ def test_decoding_attributes_exist(tiny3):
 PRE_LLM = {  # name: (params, budget rule: "modality" / "joint" per pool, "group", or None = no exact promise)
     "uniform": ({}, "modality"), "random": ({"seed": 1}, "modality"), "divprune": ({}, "group"),
     "xattn": ({}, "group"), "keyframe": ({}, None), "vidcom2": ({}, None),
-    "pair": ({"audio": "uniform"}, None),  # its default audio side (audio_attn) needs the encoder scores
-    "dycoke": ({"stage2": False}, None),
+    "pair": ({}, None), "dycoke": ({"stage2": False}, None), "omnizip": ({}, None),
+    "audio_attn": ({}, "audio"), "audio_attn-window": ({"audio_scoring": "window"}, "audio"),
+    "segment_topk": ({}, None),
     "fusion": ({"dim": 32, "scorer_hidden": 32}, "joint"),
 }
-NEEDS_AUDIO_ENCODER_SCORES = {"audio_attn", "segment_topk", "omnizip"}  # read the audio tower's last-layer attention
 IN_LLM = {"fastv": {}, "dycoke": {"stage2": True}}
 SKIPPED = {"none", "evidence_oracle"}  # identity (tested above); ToyWorld annotations
 
 
 def test_every_method_is_covered():
-    assert set(METHODS) == set(PRE_LLM) | NEEDS_AUDIO_ENCODER_SCORES | set(IN_LLM) | SKIPPED
+    assert set(METHODS) == {name.split("-")[0] for name in PRE_LLM} | set(IN_LLM) | SKIPPED
 
 
 def _ceil(n, r):
@@ -238,7 +238,7 @@ def test_every_pre_llm_method_runs_unchanged(tiny3, name):
     params, rule = PRE_LLM[name]
     r = 0.5
     x = _inputs(tiny3, batch_size=2, seconds=6)
-    _install(tiny3, name, retention=r, **params)
+    _install(tiny3, name.split("-")[0], retention=r, **params)
     with torch.no_grad():
         out = tiny3(**x)
     tokens, stats = tiny3.last_tokens, tiny3.last_stats
@@ -247,6 +247,9 @@ def test_every_pre_llm_method_runs_unchanged(tiny3, name):
     if rule == "modality":
         assert torch.equal(stats.video_after, _ceil(stats.video_before, r))
         assert torch.equal(stats.audio_after, _ceil(stats.audio_before, r))
+    elif rule == "audio":
+        assert torch.equal(stats.audio_after, _ceil(stats.audio_before, r))
+        assert torch.equal(stats.video_after, stats.video_before)
     elif rule == "joint":
         assert torch.equal(stats.total_after, _ceil(stats.total_before, r))
     elif rule == "group":
@@ -257,12 +260,29 @@ def test_every_pre_llm_method_runs_unchanged(tiny3, name):
                 assert int(kept) == int(_ceil(n[n > 0], r).sum())
 
 
-@pytest.mark.parametrize("name", sorted(NEEDS_AUDIO_ENCODER_SCORES))
-def test_methods_needing_audio_encoder_scores_raise_a_clear_error(tiny3, name):
-    x = _inputs(tiny3, batch_size=1)
-    _install(tiny3, name, retention=0.5)
-    with pytest.raises(UnsupportedOptionError, match="Qwen3-Omni's AuT encoder"):
-        tiny3(**x)
+@pytest.mark.parametrize("mode", ["global", "window"])
+def test_audio_scores_are_the_last_layer_attention_received(tiny3, mode):
+    """Brute force: the last AuT layer's full softmax per clip (global) or per encoder window, column means."""
+    from fusion.model.audio_attention import LastLayerInputRecorder
+
+    x = _inputs(tiny3, batch_size=2, seconds=6, video=False)
+    with torch.no_grad():
+        _, scores = tiny3._audio_features(x["input_features"], x["feature_attention_mask"], None,
+                                          frozenset({f"audio_attention_{mode}"}))
+        with LastLayerInputRecorder(tiny3.model.audio_tower) as rec:
+            tiny3.model.get_audio_features(x["input_features"], x["feature_attention_mask"])
+        layer = tiny3.model.audio_tower.layers[-1]
+        h = layer.self_attn_layer_norm(rec.hidden_states)  # (N_a, d)
+        heads = layer.self_attn.num_heads
+        q = layer.self_attn.q_proj(h).unflatten(-1, (heads, -1)).transpose(0, 1)  # (H, N_a, d_h)
+        k = layer.self_attn.k_proj(h).unflatten(-1, (heads, -1)).transpose(0, 1)
+        n_a = (x["input_ids"] == tiny3.config.audio_token_id).sum(1)
+        bounds = rec.cu_seqlens if mode == "window" else torch.nn.functional.pad(n_a.cumsum(0), (1, 0))
+        expected = torch.cat([
+            torch.softmax(q[:, a:b] @ k[:, a:b].transpose(1, 2) * layer.self_attn.scaling, -1).mean(dim=(0, 1))
+            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())])
+    assert scores[mode].shape == (int(n_a.sum()),)
+    torch.testing.assert_close(scores[mode], expected, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(IN_LLM))

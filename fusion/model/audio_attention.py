@@ -36,7 +36,7 @@ class LastLayerInputRecorder:
 
     def _hook(self, module, args, kwargs) -> None:
         self.hidden_states = args[0] if args else kwargs["hidden_states"]
-        self.cu_seqlens = kwargs.get("cu_seqlens")
+        self.cu_seqlens = args[1] if len(args) > 1 else kwargs.get("cu_seqlens")  # Qwen3-Omni passes it positionally
 
     def __enter__(self) -> LastLayerInputRecorder:
         self._handle = self.layer.register_forward_pre_hook(self._hook, with_kwargs=True)
@@ -98,3 +98,30 @@ def attention_received(
         )
         first = first.to(received.device)
         return (received[first] + received[first + 1]) / 2
+
+
+def attention_received_tokens(
+    layer: nn.Module, hidden_states: Tensor, cu_seqlens: Tensor, token_lens: Tensor, mode: str = "global"
+) -> Tensor:
+    """``(N_audio_tokens,)`` attention received per audio token for an encoder whose last layer already runs at
+    the token rate (Qwen3-Omni's AuT: one row per output token, 13 per second; no pooling after it)::
+
+        received[j] = 1/(H * T) * sum_h sum_i softmax_j(Q_h K_h^T / sqrt(d))[i, j]   within each segment
+
+    Args:
+        layer: the encoder's last ``Qwen3OmniMoeAudioEncoderLayer``.
+        hidden_states: ``(N_audio_tokens, d_model)`` its recorded input (all clips concatenated).
+        cu_seqlens: ``(n_windows + 1,)`` window boundaries the encoder used.
+        token_lens: ``(n_clips,)`` output tokens per clip.
+        mode: ``"global"`` (one segment per clip) or ``"window"`` (the encoder's windows).
+    """
+    if mode not in MODES:
+        raise ValueError(f"audio attention mode must be one of {MODES}, got {mode!r}")
+    attn = layer.self_attn
+    with torch.no_grad():
+        x = layer.self_attn_layer_norm(hidden_states)
+        T = x.shape[0]
+        q = (attn.q_proj(x) * attn.scaling).reshape(T, attn.num_heads, -1).transpose(0, 1)  # (H, T, d)
+        k = attn.k_proj(x).reshape(T, attn.num_heads, -1).transpose(0, 1)  # (H, T, d)
+        lengths = token_lens.tolist() if mode == "global" else (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+        return _segment_received(q, k, lengths)  # (T,)

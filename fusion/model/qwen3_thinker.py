@@ -12,6 +12,8 @@ The hook is :class:`fusion.model.compression.CompressionMixin` unchanged (encode
   to the hidden states at visual positions after its first layers: ``h_l[visual_pos_masks] += ds_l``. They are
   gathered with the same kept index as everything else: ``ds_l' = ds_l[keep[visual]]`` and
   ``visual_pos_masks' = visual[source_index]`` (so a dropped video token takes its DeepStack rows with it).
+- **Audio scores.** Methods reading the audio encoder's attention (``audio_attn``, ``segment_topk``, OmniZip) get it
+  from the AuT encoder's last layer, which runs at the token rate (``attention_received_tokens``, no pooling).
 - **In-LLM hooks** (FastV, DyCoke stage 2) are refused: ``fusion.model.hooked_lm`` runs the decoder layers itself
   and would skip the DeepStack additions.
 """
@@ -22,8 +24,10 @@ import torch
 from torch import Tensor
 from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
 
-from fusion.errors import UnsupportedOptionError
+from fusion.errors import InputMismatchError, UnsupportedOptionError
+from fusion.model.audio_attention import MODES, LastLayerInputRecorder, attention_received_tokens
 from fusion.model.compression import CompressionMixin
 from fusion.model.keep import PrunedBatch
 from fusion.model.video_chunks import encode_video_in_chunks
@@ -60,13 +64,21 @@ class CompressedQwen3Thinker(CompressionMixin, Qwen3OmniMoeThinkerForConditional
         return torch.cat(out.pooler_output)
 
     def _audio_features(self, input_features, feature_attention_mask, audio_feature_lengths, requires):
-        if any(r.startswith("audio_attention_") for r in requires):
-            raise UnsupportedOptionError(
-                "audio-encoder attention scores (requires audio_attention_*) are recorded from Qwen2.5-Omni's audio "
-                "tower; Qwen3-Omni's AuT encoder is not instrumented yet: use a method that does not need them on "
-                "Qwen3-Omni"
-            )
-        return super()._audio_features(input_features, feature_attention_mask, audio_feature_lengths, requires)
+        """Audio embeds ``(N_a, D)`` and the requested attention-received scores ``{mode: (N_a,)}``, read from the
+        AuT encoder's last layer, which already runs at 13 tokens per second (no pooling after it)."""
+        modes = [m for m in MODES if f"audio_attention_{m}" in requires]
+        if not modes:
+            return super()._audio_features(input_features, feature_attention_mask, audio_feature_lengths, requires)
+        if feature_attention_mask is None:
+            raise InputMismatchError("audio attention scores need feature_attention_mask (the processor returns it)")
+        with LastLayerInputRecorder(self.model.audio_tower) as rec:
+            out = self.model.get_audio_features(input_features, feature_attention_mask, audio_feature_lengths)
+        token_lens = _get_feat_extract_output_lengths(feature_attention_mask.sum(-1),
+                                                      self.config.audio_config.n_window)  # (n_clips,)
+        layer = self.model.audio_tower.layers[-1]
+        scores = {m: attention_received_tokens(layer, rec.hidden_states, rec.cu_seqlens, token_lens, m)
+                  for m in modes}
+        return out.last_hidden_state, scores
 
     def build_tokens(self, input_ids: Tensor, *args, **kwargs) -> AVTokens:
         self._deepstack = {}
