@@ -63,6 +63,19 @@ def _segment_received(q: Tensor, k: Tensor, lengths: list[int]) -> Tensor:
     return out
 
 
+def _queries_keys(layer: nn.Module, hidden_states: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    """``(H, T, d)`` scaled queries and keys of an audio encoder layer's self-attention on its recorded input."""
+    if mode not in MODES:
+        raise ValueError(f"audio attention mode must be one of {MODES}, got {mode!r}")
+    attn = layer.self_attn
+    with torch.no_grad():
+        x = layer.self_attn_layer_norm(hidden_states)
+        T = x.shape[0]
+        q = (attn.q_proj(x) * attn.scaling).reshape(T, attn.num_heads, -1).transpose(0, 1)  # (H, T, d)
+        k = attn.k_proj(x).reshape(T, attn.num_heads, -1).transpose(0, 1)  # (H, T, d)
+    return q, k
+
+
 def attention_received(
     layer: nn.Module, hidden_states: Tensor, cu_seqlens: Tensor, feature_lens: Tensor, mode: str = "global"
 ) -> Tensor:
@@ -75,14 +88,8 @@ def attention_received(
         feature_lens: ``(n_clips,)`` mel frames per clip.
         mode: ``"global"`` or ``"window"`` (see module doc).
     """
-    if mode not in MODES:
-        raise ValueError(f"audio attention mode must be one of {MODES}, got {mode!r}")
-    attn = layer.self_attn
+    q, k = _queries_keys(layer, hidden_states, mode)  # (H, T, d) each
     with torch.no_grad():
-        x = layer.self_attn_layer_norm(hidden_states)
-        T = x.shape[0]
-        q = (attn.q_proj(x) * attn.scaling).reshape(T, attn.num_heads, -1).transpose(0, 1)  # (H, T, d)
-        k = attn.k_proj(x).reshape(T, attn.num_heads, -1).transpose(0, 1)  # (H, T, d)
         frames = (feature_lens.long() - 1) // 2 + 1  # frames per clip after conv stride 2
         if mode == "global":
             lengths = frames.tolist()
@@ -115,13 +122,7 @@ def attention_received_tokens(
         token_lens: ``(n_clips,)`` output tokens per clip.
         mode: ``"global"`` (one segment per clip) or ``"window"`` (the encoder's windows).
     """
-    if mode not in MODES:
-        raise ValueError(f"audio attention mode must be one of {MODES}, got {mode!r}")
-    attn = layer.self_attn
+    q, k = _queries_keys(layer, hidden_states, mode)  # (H, T, d) each
     with torch.no_grad():
-        x = layer.self_attn_layer_norm(hidden_states)
-        T = x.shape[0]
-        q = (attn.q_proj(x) * attn.scaling).reshape(T, attn.num_heads, -1).transpose(0, 1)  # (H, T, d)
-        k = attn.k_proj(x).reshape(T, attn.num_heads, -1).transpose(0, 1)  # (H, T, d)
         lengths = token_lens.tolist() if mode == "global" else (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
         return _segment_received(q, k, lengths)  # (T,)
