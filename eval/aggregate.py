@@ -13,6 +13,11 @@ For a setting with rows ``S`` (``F`` of them failed, ``S_ok = S - F`` scored):
   ``peak_memory_mb``: the max over the setting's calls;
 * FLOPs: mean per sample of ``llm_prefill``, ``llm_decode``, ``block`` and their ``total``, and ``ratio`` = total /
   the uncompressed setting's total (the first ``none`` setting of the run; null without one).
+
+Data parallel (rows written by more than one process): accuracy, retention and FLOPs pool every rank's rows as
+above; latency and peak memory are each rank's own measurements (its process, its device), pooled the same way
+(mean / median / max over the rows) and split in ``per_rank`` (``{"rank01-of-02": {n_samples, prefill_ms,
+generate_ms, peak_memory_mb}}``, scored rows, keyed like the samples files).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from eval.data import group_value
 from eval.matrix import Setting
 from eval.measure import memory_kind
 from eval.models import Runtime
+from eval.sharding import Ranks
 from fusion.config import to_dict
 
 
@@ -77,6 +83,23 @@ def _times(values: list[float | None]) -> dict | None:
     return {"mean": statistics.fmean(values), "median": statistics.median(values)}
 
 
+def rank_label(row: dict) -> str:
+    """``rank01-of-02`` (the samples file's tag) for a data-parallel row, ``single`` for a one-process one."""
+    return Ranks(int(row.get("rank", 0)), int(row.get("world_size", 1))).tag or "single"
+
+
+def per_rank(rows: list[dict]) -> dict:
+    """``{label: {"n_samples", "prefill_ms", "generate_ms", "peak_memory_mb"}}`` over scored ``rows`` per
+    :func:`rank_label`, labels sorted."""
+    by: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by[rank_label(row)].append(row)
+    return {label: {"n_samples": len(rs), "prefill_ms": _times([r["prefill_ms"] for r in rs]),
+                    "generate_ms": _times([r["generate_ms"] for r in rs]),
+                    "peak_memory_mb": max((r["peak_memory_mb"] for r in rs), default=None)}
+            for label, rs in sorted(by.items())}
+
+
 def setting_row(setting: Setting, rows: list[dict], cfg: EvalConfig, orders: dict[str, list[str]],
                 runtime: Runtime) -> dict:
     """The result row of one setting (module doc)."""
@@ -89,6 +112,7 @@ def setting_row(setting: Setting, rows: list[dict], cfg: EvalConfig, orders: dic
         flops = {k: statistics.fmean(r["flops"][k] for r in ok) for k in ("llm_prefill", "llm_decode", "block")}
         flops["total"] = flops["llm_prefill"] + flops["llm_decode"] + flops["block"]
     errors = list(dict.fromkeys(r["error"] for r in failed))
+    parallel = {"per_rank": per_rank(ok)} if any(int(r.get("world_size", 1)) > 1 for r in rows) else {}
     return {
         "name": setting.name, "key": setting.key, "method": setting.method, "params": setting.params,
         "retention_nominal": setting.retention, "adapter": setting.adapter, "hash": setting.hash,
@@ -99,12 +123,14 @@ def setting_row(setting: Setting, rows: list[dict], cfg: EvalConfig, orders: dic
         "retention": retention, "tokens": tokens,
         "prefill_ms": _times([r["prefill_ms"] for r in ok]), "generate_ms": _times([r["generate_ms"] for r in ok]),
         "peak_memory_mb": max((r["peak_memory_mb"] for r in ok), default=None),
-        "flops": flops, **runtime.describe(),
+        "flops": flops, **parallel, **runtime.describe(),
     }
 
 
-def aggregate(cfg: EvalConfig, settings: list[Setting], rows: list[dict], runtime: Runtime, samples=()) -> dict:
-    """The ``results.json`` document: run facts, group orders and one row per setting (config order)."""
+def aggregate(cfg: EvalConfig, settings: list[Setting], rows: list[dict], runtime: Runtime, samples=(),
+              world_size: int = 1) -> dict:
+    """The ``results.json`` document: run facts (``world_size``: processes of the run that aggregates), group
+    orders and one row per setting (config order)."""
     by_hash: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_hash[row["hash"]].append(row)
@@ -119,9 +145,13 @@ def aggregate(cfg: EvalConfig, settings: list[Setting], rows: list[dict], runtim
             r["flops"]["ratio"] = r["flops"]["total"] / base["flops"]["total"] if base else None
     import torch
 
+    latency = ("per sample = batch wall time / batch size; CUDA events on GPU, perf_counter on CPU; warm-up calls "
+               "excluded")
+    if world_size > 1 or any(int(r.get("world_size", 1)) > 1 for r in rows):
+        latency += ("; data parallel: latency and peak memory are per-rank measurements (each rank times its own "
+                    "calls on its own device; per_rank splits them)")
     run = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "benchmark": cfg.data.benchmark, "model": cfg.model.name,
-           **runtime.describe(), "memory": memory_kind(runtime.device), "torch": torch.__version__,
-           "scoring": cfg.scoring.mode, "decode_tokens_in_flops": cfg.flops.decode_tokens,
-           "latency": "per sample = batch wall time / batch size; CUDA events on GPU, perf_counter on CPU; "
-                      "warm-up calls excluded", "config": to_dict(cfg)}
+           **runtime.describe(), "world_size": world_size, "memory": memory_kind(runtime.device),
+           "torch": torch.__version__, "scoring": cfg.scoring.mode, "decode_tokens_in_flops": cfg.flops.decode_tokens,
+           "latency": latency, "config": to_dict(cfg)}
     return {"run": run, "groups": orders, "rows": out_rows}

@@ -16,13 +16,25 @@ from eval.matrix import Setting
 from fusion.errors import ConfigError
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; a data-parallel rank (``local_rank`` given) gets
+    ``cuda:local_rank`` for ``auto`` and ``cuda`` (an explicit ``cuda:k`` is kept as asked).
+
+    Raises:
+        ConfigError: cuda asked for without CUDA, or ``local_rank`` beyond the visible CUDA devices.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"model.device: {name} was asked for but CUDA is not available; use model.device=cpu")
+    if device.type == "cuda" and local_rank is not None and device.index is None:
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are "
+                              "visible: start at most that many processes per node (--nproc_per_node / "
+                              "--num_processes)")
+        device = torch.device("cuda", local_rank)
     return device
 
 
@@ -54,9 +66,13 @@ class Runtime:
 class ModelPool:
     """Loads the backbone once and hands out a model with a setting's compressor installed."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, local_rank: int | None = None) -> None:
+        """``local_rank``: this data-parallel rank's index on its node (None for one process), see
+        :func:`resolve_device`."""
         self.cfg = cfg
-        device = resolve_device(cfg.device)
+        device = resolve_device(cfg.device, local_rank)
+        if device.type == "cuda" and local_rank is not None:
+            torch.cuda.set_device(device)  # CUDA events and peak-memory stats of eval.measure use the current device
         self.runtime = Runtime(device, resolve_dtype(cfg.dtype, device), cfg.attn_implementation)
         self._base = None
         self.processor = None

@@ -43,7 +43,12 @@ def markdown(results: dict) -> str:
              "under 'Unscored questions', never scored); retention "
              "= measured fraction kept, token-weighted (per-sample mean in results.json); latency per sample; "
              f"memory = {run['memory']}; FLOPs = LLM prefill + {run['decode_tokens_in_flops']} decoded tokens "
-             "(DyCoke/FastV formula) + the fusion block, per sample.", ""]
+             "(DyCoke/FastV formula) + the fusion block, per sample."]
+    if "data parallel" in run.get("latency", ""):
+        lines += ["", f"Data parallel (world size {run.get('world_size', 1)}): questions sharded over the ranks; "
+                  "latency and peak memory are per-rank measurements (each rank times its own calls on its own "
+                  "device), pooled here; per_rank in results.json splits them."]
+    lines.append("")
     cols = groups[main]
     head = (["method (budget)"] + cols + ["all", "mean", "n", "failed", "skipped", "video kept", "audio kept",
                                           "total kept", "prefill ms", "peak MiB", "FLOPs", "FLOPs %"])

@@ -4,9 +4,13 @@ latency, peak memory and FLOPs in one table.
     python eval/run.py --config configs/eval_toy.yaml [dotted.key=value ...]
     python eval/run.py --config configs/eval_toy.yaml model.name=tiny-random data.limit=8 run.output_dir=runs/x
     python eval/run.py --help                                         # every key, its type, default and meaning
+    torchrun --nproc_per_node 4 eval/run.py --config configs/eval_toy.yaml        # data parallel, one GPU per rank
+    accelerate launch --num_processes 4 eval/run.py --config configs/eval_toy.yaml
 
 Writes ``run.output_dir/``: ``config.yaml`` (resolved), ``samples.jsonl`` (per question, appended as produced; a rerun
-with the same directory resumes), ``results.json``, ``results.md`` and ``accuracy_vs_retention.png``.
+with the same directory resumes), ``results.json``, ``results.md`` and ``accuracy_vs_retention.png``. Under a launcher
+(RANK / WORLD_SIZE / LOCAL_RANK set) each rank evaluates its shard of the questions on ``cuda:LOCAL_RANK`` (cpu
+without CUDA) into ``samples.rankXX-of-NN.jsonl``, and rank 0 writes the results of all ranks (:mod:`eval.sharding`).
 """
 
 from __future__ import annotations
@@ -32,12 +36,22 @@ def evaluate(config: str | None, overrides: list[str]) -> None:
     """Run the matrix, write the outputs, print the table."""
     from eval.report import write_outputs
     from eval.runner import Runner
+    from eval.sharding import Ranks
 
     cfg = load_config(EvalConfig, config, overrides)
     start = time.perf_counter()
-    runner = Runner(cfg)
-    runner.run()
-    paths = write_outputs(runner.results(), runner.run_dir)
+    ranks = Ranks.from_env()
+    ranks.init()
+    try:
+        runner = Runner(cfg, ranks=ranks)
+        runner.run()
+        results = runner.gather()  # every rank's rows, on rank 0
+    finally:
+        ranks.close()
+    if results is None:
+        print(f"[{ranks.tag}] shard done ({time.perf_counter() - start:.1f} s); rank 0 writes the results")
+        return
+    paths = write_outputs(results, runner.run_dir)
     print(paths["md"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())} ({time.perf_counter() - start:.1f} s)")
 
