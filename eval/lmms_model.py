@@ -7,7 +7,8 @@ is parsed, e.g. ``audio={"method":"audio_attn","retention":0.4}`` for a pair):
   a fixed 7B processor), or ``tiny-random`` / ``toy``;
 * ``method``, ``retention`` (fraction KEPT), ``adapter`` (method=fusion), and every other key is a parameter of the
   method (``rho_audio``, ``rho_video``, ``k``, ``video``, ``audio`` ...);
-* ``dtype`` (auto: bfloat16 on cuda, float32 on cpu), ``attn_implementation`` (sdpa), ``device`` (auto),
+* ``dtype`` (auto: bfloat16 on cuda, float32 on cpu), ``attn_implementation`` (sdpa), ``device`` (auto; under
+  a launcher ``auto`` / ``cuda`` mean ``cuda:LOCAL_RANK``),
   ``max_num_frames`` (768), ``system_prompt`` (Qwen's), ``max_new_tokens`` (default when the task gives none),
   ``on_error`` (``record`` or ``raise``), ``failures_path`` (a JSONL file the failures are appended to).
 
@@ -18,6 +19,13 @@ error is logged, kept in :attr:`AVFusionOmni.failures` (and ``failures_path``), 
 ``"[av-fusion failed] ErrorType: message"``. lmms-eval's task scorer still turns that text into some answer (WorldSense
 parses it to "A"), so report lmms-eval's metric together with :func:`rescore`, which recomputes a task's accuracy
 over the requests that did not fail and counts the failures.
+
+Data parallel (lmms-eval's own mode: ``accelerate launch --multi_gpu --num_processes N -m lmms_eval --model av_fusion
+...``, or ``torchrun --nproc_per_node N -m lmms_eval ...``): the model reads ``RANK`` / ``WORLD_SIZE`` /
+``LOCAL_RANK`` (:meth:`eval.sharding.Ranks.from_env`), reports them as lmms-eval's ``rank`` / ``world_size`` (global
+rank, so lmms-eval shards the documents over every process of every node) and loads itself on
+``cuda:LOCAL_RANK`` (cpu without CUDA). lmms-eval itself splits the requests, builds its ``Accelerator`` for the
+collectives and gathers the results on rank 0; the model is never wrapped in DDP (inference only).
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ class AVFusionOmni(lmms):
                  failures_path: str | None = None, seed: int = 0, **method_params) -> None:
         super().__init__()
         from eval.models import resolve_device, resolve_dtype
+        from eval.sharding import Ranks
         from fusion import load_model
         from fusion.data.media import MediaSettings
 
@@ -66,7 +75,11 @@ class AVFusionOmni(lmms):
             raise ConfigError(f"on_error={on_error!r}: use 'record' or 'raise'")
         if int(batch_size) != 1:
             logger.warning(f"av_fusion runs one request at a time; batch_size={batch_size} is ignored")
-        self._device = resolve_device(device)
+        ranks = Ranks.from_env()
+        self._rank, self._world_size = ranks.rank, ranks.world_size
+        self._device = resolve_device(str(device), ranks.local_rank if ranks.distributed else None)
+        if self._device.type == "cuda" and ranks.distributed:
+            torch.cuda.set_device(self._device)
         self._dtype = resolve_dtype(dtype, self._device)
         params = {k: _value(v) for k, v in method_params.items()}
         self.model, self.processor = load_model(str(pretrained), method=method, retention=retention, adapter=adapter,
@@ -122,7 +135,8 @@ class AVFusionOmni(lmms):
         return [visuals] if isinstance(visuals, (str, Path)) else list(visuals or [])
 
     def _fail(self, request: Instance, error: Exception) -> str:
-        record = {"task": request.task_name, "doc_id": request.doc_id, "error": f"{type(error).__name__}: {error}"}
+        record = {"task": request.task_name, "doc_id": request.doc_id, "rank": self.rank,
+                  "error": f"{type(error).__name__}: {error}"}
         if self.on_error == "raise":
             raise error
         self.failures.append(record)
