@@ -19,6 +19,7 @@ import torch
 from eval_helpers import tiny_config, toy_split
 
 from eval.config import EvalConfig
+from eval.models import resolve_device
 from eval.report import write_outputs
 from eval.runner import Runner
 from eval.samples import SampleLog, latest, sample_files, samples_name
@@ -113,6 +114,17 @@ def test_ranks_from_env_reads_the_launcher_variables_and_names_the_files():
         Ranks.from_env({"RANK": "2", "WORLD_SIZE": "2"})
     with pytest.raises(ConfigError, match="not an integer"):
         Ranks.from_env({"RANK": "one", "WORLD_SIZE": "2"})
+
+
+def test_each_rank_gets_cuda_local_rank_and_one_process_keeps_todays_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a 2-GPU node, as resolve_device sees it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda")  # one process: as before
+    assert resolve_device("auto", 1) == resolve_device("cuda", 1) == torch.device("cuda", 1)
+    assert resolve_device("cuda:0", 1) == torch.device("cuda", 0)  # an explicit index is kept
+    assert resolve_device("cpu", 1) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="LOCAL_RANK=2 but only 2 CUDA device"):
+        resolve_device("auto", 2)
 
 
 def test_a_world_without_a_rendezvous_address_raises(monkeypatch):

@@ -1,15 +1,19 @@
 """The lmms-eval plugin: a tiny LOCAL task (YAML + JSONL of MCQs with small mp4s) through lmms-eval's evaluator with
-the tiny random model: the metric comes back, token counts after compression are logged, failures are counted."""
+the tiny random model: the metric comes back, token counts after compression are logged, failures are counted; and
+lmms-eval's own data-parallel mode (torchrun x2 on CPU, gloo) gives the one-process responses, each document once."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("lmms_eval", reason="lmms-eval is installed with `pip install --no-deps lmms-eval` (make test)")
 
@@ -18,6 +22,7 @@ from eval_helpers import toy_split  # noqa: E402
 from fusion.data.mcq import load_jsonl  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lmms_task"
+REPO = Path(__file__).resolve().parents[1]
 TASK_YAML = """task: avf_toy_mcq
 dataset_path: json
 dataset_kwargs:
@@ -136,3 +141,66 @@ def test_pyproject_declares_the_entry_point():
     (manifest,) = getattr(importlib.import_module(module), attr)()
     assert manifest.model_id == "av_fusion" and manifest.simple_class_path == "eval.lmms_model.AVFusionOmni"
     assert "lmms" in project["optional-dependencies"]
+
+
+def test_the_model_reports_the_launchers_rank_and_world_size(monkeypatch):
+    from eval.lmms_model import AVFusionOmni
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    model = AVFusionOmni(pretrained="tiny-random", device="auto")  # no CUDA here: auto is cpu on every rank
+    assert (model.rank, model.world_size, model.device) == (1, 2, torch.device("cpu"))
+    assert next(model.model.parameters()).device == torch.device("cpu")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(Exception, match="0 <= RANK < WORLD_SIZE"):
+        AVFusionOmni(pretrained="tiny-random", device="cpu")
+
+
+MODEL_ARGS = "pretrained=tiny-random,method=uniform,retention=0.25,device=cpu"
+
+
+def _responses(samples: list[dict]) -> list[tuple]:
+    """(doc id, filtered response, score) per logged sample, by doc id (the saved file flattens ``[text]``)."""
+    def text(resps):
+        return resps[0] if isinstance(resps, list) else resps
+
+    return sorted((s["doc_id"], text(s["filtered_resps"]), s["avf_score"]["score"]) for s in samples)
+
+
+def test_lmms_eval_data_parallel_on_two_cpu_processes_matches_one_process(task_dir, tmp_path):
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from eval.lmms_model import FAILED_PREFIX, AVFusionOmni
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
+           "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "lmms_eval", "--model", "av_fusion", "--model_args", MODEL_ARGS,
+           "--tasks", "avf_toy_mcq", "--include_path", str(task_dir), "--batch_size", "1", "--log_samples",
+           "--output_path", str(tmp_path / "out"), "--verbosity", "WARNING"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (path,) = (tmp_path / "out").rglob("*samples_avf_toy_mcq.jsonl")
+    parallel = [json.loads(line) for line in path.read_text().splitlines()]
+    # every document once, gathered on rank 0 (a rank that ignored the world size would log each one twice)
+    assert sorted(s["doc_id"] for s in parallel) == [0, 1, 2, 3]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the ranks' numerics
+    try:
+        model = AVFusionOmni.create_from_arg_string(MODEL_ARGS)
+        single = simple_evaluate(model=model, tasks=["avf_toy_mcq"], log_samples=True, verbosity="WARNING",
+                                 task_manager=TaskManager(include_path=str(task_dir)))
+    finally:
+        torch.set_num_threads(threads)
+    one = single["samples"]["avf_toy_mcq"]
+    assert _responses(parallel) == _responses(one)
+    assert sum(FAILED_PREFIX in str(s["filtered_resps"]) for s in parallel) == 1  # the missing video, once
