@@ -87,6 +87,7 @@ class FusionRecipe:
     def setup(self) -> None:
         import yaml
 
+        from train.batch_size import plan_batches
         from train.checkpoint import latest_checkpoint, load_checkpoint
         from train.distributed import deepspeed_config, initialize
         from train.export import recover
@@ -110,6 +111,8 @@ class FusionRecipe:
             torch.cuda.set_device(self.device)
 
         ds_config = deepspeed_config(cfg, self.world, self.bf16, self.config_file)  # fail fast, before loading
+        self.plan = plan_batches(cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.train.global_batch_size,
+                                 self.world)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             recover(self.run_dir / "adapter")  # what a kill during a previous export left
@@ -133,7 +136,8 @@ class FusionRecipe:
         counts = trainable_summary(self.engine.module)
         self.log.info(f"trainable parameters: lora {counts['lora']:,} | block {counts['block']:,} | frozen "
                       f"{counts['frozen']:,} | ZeRO stage {self.engine.zero_optimization_stage()} | "
-                      f"{'bf16' if self.bf16 else 'fp32'} | world {self.world} | {len(self.source)} samples"
+                      f"{'bf16' if self.bf16 else 'fp32'} | world {self.world} | {self.plan.describe()} | "
+                      f"{len(self.source)} samples"
                       + (f" | resumed at step {self.start}" if self.start else ""))
 
     # ------------------------------------------------------------------ data
@@ -151,12 +155,15 @@ class FusionRecipe:
 
     # ------------------------------------------------------------------ training
     def step(self, step: int):
-        """One optimizer step (``grad_accum`` micro-batches); returns its metrics (averaged over ranks)."""
+        """One optimizer step (``plan.accum`` micro-batches on each rank); returns its metrics: the losses are the
+        mean over the step's ``plan.micro_batches`` micro-batches of ALL ranks (each micro-batch weighs the same,
+        as in the gradient DeepSpeed averages), the token counts their sums; equal to one rank's with the same
+        global batch."""
         from train import loss as losses
         from train import split_search
         from train.logs import StepMetrics
 
-        cfg, t0 = self.cfg, time.perf_counter()
+        cfg, plan, t0 = self.cfg, self.plan, time.perf_counter()
         if cfg.train.retentions:
             self.set_retention(cfg.train.retentions[step % len(cfg.train.retentions)])
         if cfg.fusion.temperature_final is not None:
@@ -165,10 +172,8 @@ class FusionRecipe:
         lrs = dict(zip((g["name"] for g in self.scheduler.optimizer.param_groups), self.scheduler.get_last_lr()))
         totals = torch.zeros(8, dtype=torch.float64)  # loss, ce, kd, video kept/total, audio kept/total, split
         searched = cfg.fusion.split == "searched"
-        for micro in range(cfg.train.grad_accum):
-            indices = self.order.micro_batch(step, micro, self.rank, self.world, cfg.train.grad_accum,
-                                             cfg.train.micro_batch_size)
-            batch = self.batch(indices)
+        for micro in range(plan.accum):
+            batch = self.batch(self.order.micro_batch(step, micro, self.rank, self.world, plan.accum, plan.micro))
             labels = batch.pop("labels")
             teacher = losses.teacher_logits(self.engine.module, batch) if cfg.loss.kd else None
             block = split_search.active_block(self.fusion_blocks()) if searched else None
@@ -189,20 +194,19 @@ class FusionRecipe:
             if candidates is not None:
                 split = split_search.split_loss(block.last_split_prediction, candidates)
             loss = ce + cfg.loss.kd_weight * kd + cfg.loss.split_weight * split
-            self.engine.backward(loss)
+            self.engine.backward(loss)  # DeepSpeed: / accum here, then the mean over ranks of the gradients
             crash_point("train-step")
             self.engine.step()
             stats = self.thinker.last_stats
             totals += torch.tensor([loss.item(), ce.item(), kd.item(), stats.video_after.sum().item(),
                                     stats.video_before.sum().item(), stats.audio_after.sum().item(),
                                     stats.audio_before.sum().item(), split.item()], dtype=torch.float64)
-        averaged = [0, 1, 2, 7]  # the losses; the token counts are sums
-        totals[averaged] /= cfg.train.grad_accum
-        if self.world > 1:
+        if self.world > 1:  # sums over ranks, then / every micro-batch of the step: each weighs the same
             reduced = totals.to(self.engine.device)
             torch.distributed.all_reduce(reduced)
             totals = reduced.cpu()
-            totals[averaged] /= self.world
+        averaged = [0, 1, 2, 7]  # the losses; the token counts stay sums
+        totals[averaged] /= plan.micro_batches
         return StepMetrics(step=step + 1, loss=float(totals[0]), ce=float(totals[1]), kd=float(totals[2]),
                            lr=lrs.get("lora", 0.0), block_lr=lrs.get("block", 0.0),
                            step_ms=1000 * (time.perf_counter() - t0), video_kept=int(totals[3]),
