@@ -162,6 +162,7 @@ class FusionRecipe:
         from train import loss as losses
         from train import split_search
         from train.logs import StepMetrics
+        from train.order import position_seed
 
         cfg, plan, t0 = self.cfg, self.plan, time.perf_counter()
         if cfg.train.retentions:
@@ -173,15 +174,17 @@ class FusionRecipe:
         totals = torch.zeros(8, dtype=torch.float64)  # loss, ce, kd, video kept/total, audio kept/total, split
         searched = cfg.fusion.split == "searched"
         for micro in range(plan.accum):
-            batch = self.batch(self.order.micro_batch(step, micro, self.rank, self.world, plan.accum, plan.micro))
+            start = self.order.micro_batch_start(step, micro, self.rank, self.world, plan.accum, plan.micro)
+            batch = self.batch(self.order.positions(start, plan.micro))
             labels = batch.pop("labels")
+            # dropout (and any other draw from torch's global generator) of this micro-batch: keyed by its stream
+            # position, so the same micro-batch draws the same on any rank, any number of ranks, after a resume
+            torch.manual_seed(position_seed(cfg.train.seed, start, "noise"))
             teacher = losses.teacher_logits(self.engine.module, batch) if cfg.loss.kd else None
             block = split_search.active_block(self.fusion_blocks()) if searched else None
             candidates = split_search.candidate_losses(self.thinker, block, batch, labels) if searched else None
             if candidates is not None:
-                block.force_split(split_search.exploring_share(candidates.shape[0], candidates.shape[1],
-                                                               cfg.loss.split_explore,
-                                                               self.exploration(step, micro)))
+                block.force_split(self.exploring_shares(start, candidates.shape[0], candidates.shape[1]))
             out = self.engine(**batch)
             aligned = losses.pruned_labels(labels, out.source_index)
             ce = losses.cross_entropy(out.logits, aligned)
@@ -213,11 +216,18 @@ class FusionRecipe:
                            video_total=int(totals[4]), audio_kept=int(totals[5]), audio_total=int(totals[6]),
                            split=float(totals[7]))
 
-    def exploration(self, step: int, micro: int) -> torch.Generator:
-        """The searched split's exploration draws of one micro-batch: a function of (seed, step, micro, rank) only,
-        so a resumed run draws what the uninterrupted one did."""
-        seed = ((self.cfg.train.seed * 1_000_003 + step) * 1_009 + micro) * 1_013 + self.rank
-        return torch.Generator().manual_seed(seed)
+    def exploring_shares(self, start: int, batch_size: int, n_shares: int) -> torch.Tensor:
+        """The searched split's forced shares of the micro-batch at stream positions ``start ..``: sample ``i``'s
+        draw comes from its own generator, seeded by ``(train.seed, start + i)`` alone
+        (:func:`train.order.position_seed`), so 2 ranks draw what 1 rank does and a resumed run what the
+        uninterrupted one did."""
+        from train.order import position_seed
+        from train.split_search import exploring_share
+
+        seed, explore = self.cfg.train.seed, self.cfg.loss.split_explore
+        return torch.cat([exploring_share(1, n_shares, explore,
+                                          torch.Generator().manual_seed(position_seed(seed, start + i, "explore")))
+                          for i in range(batch_size)])
 
     def fusion_blocks(self) -> list:
         """Every copy of the block PEFT holds (the trained one and the original), found once."""
