@@ -38,6 +38,7 @@ STEPS = 6
 TRAIN = ["--config", "configs/fusion.yaml", "model.name=tiny-random", "data.source=synthetic", "fusion.dim=32",
          "fusion.scorer_hidden=16", "fusion.instruction=true", "data.synthetic.n_samples=6", f"train.steps={STEPS}",
          "train.save_every=2", "train.keep_checkpoints=2", "train.log_every=1", "train.micro_batch_size=2",
+         "train.global_batch_size=2",
          "optim.warmup_steps=0", "optim.lr=5e-3", "optim.block_lr=5e-3", "train.progress=false",
          "wandb.enabled=false", "train.retentions=[0.5,0.25]"]
 KILLED = -signal.SIGKILL

@@ -8,7 +8,7 @@ import torch
 
 from fusion.errors import ConfigError
 from train.config import DataConfig, McqJsonlConfig, SyntheticConfig
-from train.order import SampleOrder
+from train.order import SampleOrder, position_seed
 from train.sources import IGNORE_INDEX, build_source
 from train.synthetic import CUE_WORDS, LETTERS
 
@@ -30,6 +30,26 @@ def test_ranks_and_micro_batches_tile_the_stream(world, accum, size):
         read = [order.micro_batch(step, j, r, world, accum, size) for j in range(accum) for r in range(world)]
         per_step = accum * world * size
         assert sum(read, []) == order.positions(step * per_step, per_step)
+
+
+@pytest.mark.parametrize("world,accum", [(2, 2), (4, 1)])
+def test_the_same_global_batch_reads_the_same_micro_batches_on_any_number_of_ranks(world, accum):
+    """With accum * world fixed, global micro-batch g = j * world + r of step s is one rank's micro-batch g."""
+    order, size = SampleOrder(10, seed=0), 3
+    for step in range(3):
+        for j in range(accum):
+            for r in range(world):
+                g = j * world + r
+                assert order.micro_batch(step, j, r, world, accum, size) == order.micro_batch(step, g, 0, 1,
+                                                                                              accum * world, size)
+                assert (SampleOrder.micro_batch_start(step, j, r, world, accum, size)
+                        == SampleOrder.micro_batch_start(step, g, 0, 1, accum * world, size))
+
+
+def test_position_seeds_depend_on_the_seed_position_and_purpose_only():
+    assert position_seed(0, 5, "explore") == position_seed(0, 5, "explore")
+    seeds = {position_seed(s, p, k) for s in (0, 1) for p in range(50) for k in ("explore", "noise")}
+    assert len(seeds) == 200 and all(0 <= x < 2 ** 64 for x in seeds)  # distinct, valid torch generator seeds
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from train.run import check_resumable
 from train.sources import build_source
 
 # the recipe's defaults train the toy backbone on ToyWorld; the tests use the tiny random thinker on synthetic data
-SMALL = ["model.name=tiny-random", "data.source=synthetic", "train.micro_batch_size=2", "fusion.dim=32",
-         "fusion.scorer_hidden=16", "data.synthetic.n_samples=4"]
+SMALL = ["model.name=tiny-random", "data.source=synthetic", "train.micro_batch_size=2", "train.global_batch_size=2",
+         "fusion.dim=32", "fusion.scorer_hidden=16", "data.synthetic.n_samples=4"]
 
 
 def _cfg(*overrides):
@@ -86,11 +86,14 @@ def test_a_lora_regex_reaching_the_encoders_is_refused():
 
 
 def test_deepspeed_config_takes_batch_clip_and_precision_from_the_recipe():
-    cfg = _cfg("train.micro_batch_size=3", "train.grad_accum=2", "optim.clip=0.5")
+    cfg = _cfg("train.micro_batch_size=3", "train.global_batch_size=null", "train.grad_accum=2", "optim.clip=0.5")
     ds = deepspeed_config(cfg, world_size=2, bf16=False)
     assert ds["zero_optimization"]["stage"] == 2
     batch = (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"])
-    assert batch == (3, 2, 12)
+    assert batch == (3, 2, 12)  # grad_accum is per rank: the global batch grows with the ranks
+    for world, accum in ((1, 4), (2, 2), (4, 1)):  # global_batch_size stays the global batch
+        fixed = deepspeed_config(_cfg("train.micro_batch_size=3", "train.global_batch_size=12"), world, bf16=False)
+        assert (fixed["gradient_accumulation_steps"], fixed["train_batch_size"]) == (accum, 12)
     assert ds["gradient_clipping"] == 0.5 and ds["bf16"] == {"enabled": False}
     zero3 = deepspeed_config(_cfg("deepspeed=configs/deepspeed/zero3.json"), world_size=1, bf16=True)
     assert zero3["zero_optimization"]["stage"] == 3 and zero3["bf16"]["enabled"] is True

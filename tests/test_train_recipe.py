@@ -33,6 +33,7 @@ STEPS = 4
 COMMON = ["model.name=tiny-random", "data.source=synthetic", "fusion.dim=32", "fusion.scorer_hidden=16",
           "fusion.instruction=true", "data.synthetic.n_samples=6",
           f"train.steps={STEPS}", "train.save_every=2", "train.log_every=1", "train.micro_batch_size=2",
+          "train.global_batch_size=2",
           "optim.warmup_steps=0", "optim.lr=5e-3", "optim.block_lr=5e-3", "train.progress=false",
           "wandb.enabled=false", "train.retentions=[0.5,0.25]"]  # the block alternates budgets: 50 %, 25 %, ...
 SCHEDULE = [0.5, 0.25]

@@ -126,8 +126,13 @@ class TrainConfig:
     """Optimizer steps."""
     micro_batch_size: int = 2
     """Samples per rank per forward."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step (global batch = micro_batch_size * grad_accum * world size)."""
+    global_batch_size: int | None = None
+    """Samples per optimizer step over ALL ranks, the same on any number of ranks: each rank accumulates
+    global_batch_size / (micro_batch_size * ranks) micro-batches (must divide; train/batch_size.py). null = use
+    grad_accum. Set one of the two."""
+    grad_accum: int | None = None
+    """Micro-batches per rank per optimizer step when global_batch_size is null (then the global batch is
+    micro_batch_size * grad_accum * ranks: it grows with the ranks); null = 1, or derived from global_batch_size."""
     seed: int = 0
     """Seed of the trainable weights' initialisation (LoRA A) and of the RNG state."""
     save_every: int = 50
@@ -154,9 +159,19 @@ class TrainConfig:
     """At the end, save the trained model's answer-position logits on the first batch (final_probe.safetensors)."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "micro_batch_size", "grad_accum", "save_every", "keep_checkpoints", "log_every"):
+        for name in ("steps", "micro_batch_size", "save_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise invalid(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.grad_accum is not None and self.grad_accum < 1:
+            raise invalid("grad_accum", f"must be >= 1 or null, got {self.grad_accum}")
+        if self.global_batch_size is not None:
+            if self.grad_accum is not None:
+                raise invalid("global_batch_size", f"and grad_accum={self.grad_accum} are both set; set one and "
+                                                   "null the other (global_batch_size stays constant over ranks, "
+                                                   "grad_accum is per rank)")
+            if self.global_batch_size < 1 or self.global_batch_size % self.micro_batch_size:
+                raise invalid("global_batch_size", f"must be a positive multiple of micro_batch_size="
+                                                   f"{self.micro_batch_size}, got {self.global_batch_size}")
         for r in self.retentions:
             if isinstance(r, bool) or not (isinstance(r, (int, float)) and math.isfinite(r) and 0 < r <= 1):
                 raise invalid("retentions", f"every entry must be in (0, 1] (the fraction KEPT), got {r!r}")

@@ -87,6 +87,7 @@ class FusionRecipe:
     def setup(self) -> None:
         import yaml
 
+        from train.batch_size import plan_batches
         from train.checkpoint import latest_checkpoint, load_checkpoint
         from train.distributed import deepspeed_config, initialize
         from train.export import recover
@@ -110,6 +111,8 @@ class FusionRecipe:
             torch.cuda.set_device(self.device)
 
         ds_config = deepspeed_config(cfg, self.world, self.bf16, self.config_file)  # fail fast, before loading
+        self.plan = plan_batches(cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.train.global_batch_size,
+                                 self.world)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             recover(self.run_dir / "adapter")  # what a kill during a previous export left
@@ -133,7 +136,8 @@ class FusionRecipe:
         counts = trainable_summary(self.engine.module)
         self.log.info(f"trainable parameters: lora {counts['lora']:,} | block {counts['block']:,} | frozen "
                       f"{counts['frozen']:,} | ZeRO stage {self.engine.zero_optimization_stage()} | "
-                      f"{'bf16' if self.bf16 else 'fp32'} | world {self.world} | {len(self.source)} samples"
+                      f"{'bf16' if self.bf16 else 'fp32'} | world {self.world} | {self.plan.describe()} | "
+                      f"{len(self.source)} samples"
                       + (f" | resumed at step {self.start}" if self.start else ""))
 
     # ------------------------------------------------------------------ data
@@ -151,12 +155,16 @@ class FusionRecipe:
 
     # ------------------------------------------------------------------ training
     def step(self, step: int):
-        """One optimizer step (``grad_accum`` micro-batches); returns its metrics (averaged over ranks)."""
+        """One optimizer step (``plan.accum`` micro-batches on each rank); returns its metrics: the losses are the
+        mean over the step's ``plan.micro_batches`` micro-batches of ALL ranks (each micro-batch weighs the same,
+        as in the gradient DeepSpeed averages), the token counts their sums; equal to one rank's with the same
+        global batch."""
         from train import loss as losses
         from train import split_search
         from train.logs import StepMetrics
+        from train.order import position_seed
 
-        cfg, t0 = self.cfg, time.perf_counter()
+        cfg, plan, t0 = self.cfg, self.plan, time.perf_counter()
         if cfg.train.retentions:
             self.set_retention(cfg.train.retentions[step % len(cfg.train.retentions)])
         if cfg.fusion.temperature_final is not None:
@@ -165,18 +173,18 @@ class FusionRecipe:
         lrs = dict(zip((g["name"] for g in self.scheduler.optimizer.param_groups), self.scheduler.get_last_lr()))
         totals = torch.zeros(8, dtype=torch.float64)  # loss, ce, kd, video kept/total, audio kept/total, split
         searched = cfg.fusion.split == "searched"
-        for micro in range(cfg.train.grad_accum):
-            indices = self.order.micro_batch(step, micro, self.rank, self.world, cfg.train.grad_accum,
-                                             cfg.train.micro_batch_size)
-            batch = self.batch(indices)
+        for micro in range(plan.accum):
+            start = self.order.micro_batch_start(step, micro, self.rank, self.world, plan.accum, plan.micro)
+            batch = self.batch(self.order.positions(start, plan.micro))
             labels = batch.pop("labels")
+            # dropout (and any other draw from torch's global generator) of this micro-batch: keyed by its stream
+            # position, so the same micro-batch draws the same on any rank, any number of ranks, after a resume
+            torch.manual_seed(position_seed(cfg.train.seed, start, "noise"))
             teacher = losses.teacher_logits(self.engine.module, batch) if cfg.loss.kd else None
             block = split_search.active_block(self.fusion_blocks()) if searched else None
             candidates = split_search.candidate_losses(self.thinker, block, batch, labels) if searched else None
             if candidates is not None:
-                block.force_split(split_search.exploring_share(candidates.shape[0], candidates.shape[1],
-                                                               cfg.loss.split_explore,
-                                                               self.exploration(step, micro)))
+                block.force_split(self.exploring_shares(start, candidates.shape[0], candidates.shape[1]))
             out = self.engine(**batch)
             aligned = losses.pruned_labels(labels, out.source_index)
             ce = losses.cross_entropy(out.logits, aligned)
@@ -189,31 +197,37 @@ class FusionRecipe:
             if candidates is not None:
                 split = split_search.split_loss(block.last_split_prediction, candidates)
             loss = ce + cfg.loss.kd_weight * kd + cfg.loss.split_weight * split
-            self.engine.backward(loss)
+            self.engine.backward(loss)  # DeepSpeed: / accum here, then the mean over ranks of the gradients
             crash_point("train-step")
             self.engine.step()
             stats = self.thinker.last_stats
             totals += torch.tensor([loss.item(), ce.item(), kd.item(), stats.video_after.sum().item(),
                                     stats.video_before.sum().item(), stats.audio_after.sum().item(),
                                     stats.audio_before.sum().item(), split.item()], dtype=torch.float64)
-        averaged = [0, 1, 2, 7]  # the losses; the token counts are sums
-        totals[averaged] /= cfg.train.grad_accum
-        if self.world > 1:
+        if self.world > 1:  # sums over ranks, then / every micro-batch of the step: each weighs the same
             reduced = totals.to(self.engine.device)
             torch.distributed.all_reduce(reduced)
             totals = reduced.cpu()
-            totals[averaged] /= self.world
+        averaged = [0, 1, 2, 7]  # the losses; the token counts stay sums
+        totals[averaged] /= plan.micro_batches
         return StepMetrics(step=step + 1, loss=float(totals[0]), ce=float(totals[1]), kd=float(totals[2]),
                            lr=lrs.get("lora", 0.0), block_lr=lrs.get("block", 0.0),
                            step_ms=1000 * (time.perf_counter() - t0), video_kept=int(totals[3]),
                            video_total=int(totals[4]), audio_kept=int(totals[5]), audio_total=int(totals[6]),
                            split=float(totals[7]))
 
-    def exploration(self, step: int, micro: int) -> torch.Generator:
-        """The searched split's exploration draws of one micro-batch: a function of (seed, step, micro, rank) only,
-        so a resumed run draws what the uninterrupted one did."""
-        seed = ((self.cfg.train.seed * 1_000_003 + step) * 1_009 + micro) * 1_013 + self.rank
-        return torch.Generator().manual_seed(seed)
+    def exploring_shares(self, start: int, batch_size: int, n_shares: int) -> torch.Tensor:
+        """The searched split's forced shares of the micro-batch at stream positions ``start ..``: sample ``i``'s
+        draw comes from its own generator, seeded by ``(train.seed, start + i)`` alone
+        (:func:`train.order.position_seed`), so 2 ranks draw what 1 rank does and a resumed run what the
+        uninterrupted one did."""
+        from train.order import position_seed
+        from train.split_search import exploring_share
+
+        seed, explore = self.cfg.train.seed, self.cfg.loss.split_explore
+        return torch.cat([exploring_share(1, n_shares, explore,
+                                          torch.Generator().manual_seed(position_seed(seed, start + i, "explore")))
+                          for i in range(batch_size)])
 
     def fusion_blocks(self) -> list:
         """Every copy of the block PEFT holds (the trained one and the original), found once."""
