@@ -5,7 +5,8 @@ latency, peak memory and FLOPs in one table.
     python eval/run.py --config configs/eval_toy.yaml model.name=tiny-random data.limit=8 run.output_dir=runs/x
     python eval/run.py --help                                         # every key, its type, default and meaning
     torchrun --nproc_per_node 4 eval/run.py --config configs/eval_toy.yaml        # data parallel, one GPU per rank
-    accelerate launch --num_processes 4 eval/run.py --config configs/eval_toy.yaml
+    accelerate launch --multi_gpu --num_processes 4 eval/run.py --config configs/eval_toy.yaml   # (no --cpu: that
+                                                      # starts ONE process; --multi_gpu without CUDA runs on cpu)
 
 Writes ``run.output_dir/``: ``config.yaml`` (resolved), ``samples.jsonl`` (per question, appended as produced; a rerun
 with the same directory resumes), ``results.json``, ``results.md`` and ``accuracy_vs_retention.png``. Under a launcher
