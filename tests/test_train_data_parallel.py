@@ -2,7 +2,7 @@
 the same global batch, rank 0's adapter round-trips, and under ZeRO-3 the adapter holds the full gathered weights.
 
 The 2-rank runs are ``python -m deepspeed.launcher.runner --num_gpus 2 train/run.py ...`` (what the ``deepspeed``
-command runs; on CPU ``--num_gpus`` is the number of processes). Three runs, one thread per rank (~100 s on 2
+command runs; on CPU ``--num_gpus`` is the number of processes). Three runs, one thread per rank (~1 min on 2 idle
 cores, almost all of it the imports of 5 rank and 4 launcher processes):
 
 * ``one``: plain ``python train/run.py``, 1 rank x 4 micro-batches of 2 per step (global batch 8);
