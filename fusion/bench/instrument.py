@@ -16,7 +16,7 @@ import torch
 
 import fusion.model.compression as thinker_module  # where the hook calls attention_received
 import fusion.model.hooked_lm as hooked_lm
-from fusion.bench.flops import FlopTally, prefill_flops
+from fusion.bench.flops import FlopTally, ffn_width, prefill_flops
 from fusion.bench.ideal import keep_from_source
 from fusion.bench.memory import PeakMemory
 from fusion.bench.timing import Fanout, StageTimer, function_span, module_span
@@ -107,7 +107,7 @@ class Bench:
         layers = layer_token_counts(stats, text.num_hidden_layers)[0].tolist()
         return {"keep": keep_from_source(out.source_index, self.inputs["input_ids"].shape[1]), "stats": stats,
                 "layer_tokens": layers, "select_flops": tally.total,
-                "llm_flops": prefill_flops(layers, text.hidden_size, text.intermediate_size)}
+                "llm_flops": prefill_flops(layers, text.hidden_size, ffn_width(text))}
 
     def pair(self, method, ideal) -> dict[str, dict[str, float]]:
         """The method and its ideal back to back, alternating which runs first."""
