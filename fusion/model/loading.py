@@ -175,6 +175,9 @@ def load_model(
         if hasattr(compressor, "bind"):  # the learned block: a trainable submodule at the backbone's width and dtype
             compressor = compressor.bind(model.config).to(dtype=next(model.parameters()).dtype)
         model.set_compressor(compressor)
+        hook = model.llm_hook()
+        if hook is not None:  # e.g. FastV on Qwen3-Omni: refused now, not at the first request
+            model._check_llm_hook(hook)
     if device is not None:
         model.to(device)
     return model.eval(), processor
