@@ -26,9 +26,10 @@ MEL_FRAMES_PER_SECOND = 100
 
 def random_qwen3_inputs(model, seconds: float = 4, batch_size: int = 1, seed: int = 0, video: bool = True,
                         audio: bool = True, frame_size: int = 64, prompt_tokens: int = 6, question_tokens: int = 5,
-                        padding_side: str = "left") -> dict:
-    """Inputs for a Qwen3-Omni thinker: sample ``b`` lasts ``seconds + 2 b`` seconds of 1-fps video (``frame_size``
-    px square; 64 px = 4 merged tokens per grid) and/or its 16 kHz audio (13 tokens/s); padded on ``padding_side``."""
+                        padding_side: str = "left", fps: float = VIDEO_FPS) -> dict:
+    """Inputs for a Qwen3-Omni thinker: sample ``b`` lasts ``seconds + 2 b`` seconds of ``fps`` video (``frame_size``
+    px square, a multiple of 32; 64 px = 4 merged tokens per grid, 384 px = 144) and/or its 16 kHz audio (13
+    tokens/s); padded on ``padding_side``."""
     if not (video or audio):
         raise ValueError("random_qwen3_inputs needs video=True or audio=True")
     config = model.config
@@ -36,8 +37,11 @@ def random_qwen3_inputs(model, seconds: float = 4, batch_size: int = 1, seed: in
     g = torch.Generator().manual_seed(seed)
     text = _text_pool(config)
     grid = frame_size // vc.patch_size
+    if frame_size % (vc.patch_size * vc.spatial_merge_size):
+        raise ValueError(f"frame_size {frame_size} px: use a multiple of {vc.patch_size * vc.spatial_merge_size} "
+                         "(patch x merge) for Qwen3-Omni, e.g. 384 (144 tokens per grid)")
     per_grid = grid * grid // vc.spatial_merge_size ** 2
-    spg = vc.temporal_patch_size / VIDEO_FPS
+    spg = vc.temporal_patch_size / fps
     patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
 
     def words(n: int) -> list[int]:
