@@ -178,6 +178,9 @@ def plan(args, model) -> tuple[list[tuple[str, float, dict, str]], list[dict]]:
             params, note = {}, ""
             try:
                 compressor = METHODS.build(name, retention=r)
+                if hasattr(compressor, "set_batch"):  # evidence_oracle: reads each sample's ToyWorld scene
+                    raise UnsupportedOptionError("needs each sample's ToyWorld scene (set_batch); random inputs have "
+                                                 "none")
                 refused = _refused(model, compressor)
                 if refused is not None and name in PRE_LLM_FORM:
                     params = PRE_LLM_FORM[name]
