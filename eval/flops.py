@@ -29,7 +29,7 @@ def layer_decode(n: Tensor | float, d: int, m: int, steps: int) -> Tensor:
 
 def llm_flops(layer_tokens: Tensor, d: int, m: int, steps: int) -> tuple[Tensor, Tensor]:
     """``(prefill, decode)`` per sample, ``(B,)`` float64, from ``layer_tokens`` ``(B, T)`` = real tokens each decoder
-    layer saw at prefill.
+    layer saw at prefill; ``m`` = FFN width (:func:`fusion.bench.flops.ffn_width`: a MoE decoder's active width).
 
     ``prefill = sum_l C(n_l)``; with the same ``n`` in every layer this is DyCoke's ``T C(n)``, with FastV's drop at
     layer ``K`` it is ``K C(n) + (T - K) C(n_hat)``. ``decode = sum_l R(4d^2 + 2dm) + 2d(R n_l + R(R+1)/2)``, i.e.

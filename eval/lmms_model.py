@@ -1,10 +1,14 @@
-"""``AVFusionOmni``: any av-fusion method on a Qwen2.5-Omni thinker as an lmms-eval model (imports lmms-eval).
+"""``AVFusionOmni``: any av-fusion method on a Qwen2.5-Omni or Qwen3-Omni thinker as an lmms-eval model (imports
+lmms-eval).
 
 ``--model_args`` (``key=value`` pairs, typed by lmms-eval: true/false, numbers, else strings; a ``{...}`` JSON value
 is parsed, e.g. ``audio={"method":"audio_attn","retention":0.4}`` for a pair):
 
 * ``pretrained``: hub id / local checkpoint (its own processor files are loaded: OmniProcessor.from_pretrained, not
-  a fixed 7B processor), or ``tiny-random`` / ``toy``;
+  a fixed 7B processor), or ``tiny-random`` / ``toy`` / ``tiny-random-qwen3``. The family follows the checkpoint
+  (``fusion.load_model``): ``Qwen/Qwen3-Omni-30B-A3B-Instruct``, a local Qwen3-Omni directory or ``tiny-random-qwen3``
+  load the Qwen3 thinker with a Qwen3-layout processor (:attr:`AVFusionOmni.family` says which); FastV and DyCoke's
+  decode stage raise ``UnsupportedOptionError`` there when the model is built;
 * ``method``, ``retention`` (fraction KEPT), ``adapter`` (method=fusion), and every other key is a parameter of the
   method (``rho_audio``, ``rho_video``, ``k``, ``video``, ``audio`` ...);
 * ``dtype`` (auto: bfloat16 on cuda, float32 on cpu), ``attn_implementation`` (sdpa), ``device`` (auto; under
@@ -56,7 +60,7 @@ def _value(v):
 
 
 class AVFusionOmni(lmms):
-    """An av-fusion compressed Qwen2.5-Omni thinker behind lmms-eval's simple model API (module doc)."""
+    """An av-fusion compressed Qwen2.5-/Qwen3-Omni thinker behind lmms-eval's simple model API (module doc)."""
 
     is_simple = True
 
@@ -86,7 +90,9 @@ class AVFusionOmni(lmms):
                                                 dtype=self._dtype, attn_implementation=attn_implementation,
                                                 device=self._device, seed=seed, **params)
         if self.processor is None:
-            raise ConfigError(f"pretrained={pretrained!r} has no processor; pass a checkpoint, 'toy' or 'tiny-random'")
+            raise ConfigError(f"pretrained={pretrained!r} has no processor (random weights at a real size); pass a "
+                              "checkpoint, 'toy', 'tiny-random' or 'tiny-random-qwen3'")
+        self.family = self.processor.family  # "qwen2_5" or "qwen3": the layout the requests are built in
         self.media = MediaSettings.from_processor(self.processor, max_frames=int(max_num_frames))
         self.system_prompt, self.max_new_tokens = system_prompt, int(max_new_tokens)
         self.on_error, self.failures_path = on_error, failures_path

@@ -12,12 +12,15 @@ The model class itself lives in :mod:`eval.lmms_model`, which lmms-eval imports 
     from eval.lmms_model import AVFusionOmni
     results = simple_evaluate(model=AVFusionOmni(pretrained="Qwen/Qwen2.5-Omni-3B", method="uniform", retention=0.25),
                               tasks=["worldsense"])
+
+``pretrained=Qwen/Qwen3-Omni-30B-A3B-Instruct`` (or a local Qwen3-Omni checkpoint, or ``tiny-random-qwen3``) loads the
+Qwen3-Omni thinker and its processor instead; the alias ``qwen3_omni_avc`` names the same class.
 """
 
 from __future__ import annotations
 
 MODEL_ID = "av_fusion"
-ALIASES = ("qwen2_5_omni_avc",)
+ALIASES = ("qwen2_5_omni_avc", "qwen3_omni_avc")
 CLASS_PATH = "eval.lmms_model.AVFusionOmni"
 
 

@@ -92,7 +92,7 @@ class ModelPool:
             self._base, self.processor = self._load()
             if self.processor is None:
                 raise ConfigError(f"model.name: {self.cfg.name!r} has no processor (random weights at a real size); "
-                                  "use 'toy', 'tiny-random' or a real checkpoint")
+                                  "use 'toy', 'tiny-random', 'tiny-random-qwen3' or a real checkpoint")
         return self._base
 
     @property

@@ -23,6 +23,7 @@ from eval.flops import block_flops, group_counts, llm_flops
 from eval.matrix import Setting
 from eval.measure import Measure
 from eval.models import thinker_of
+from fusion.bench.flops import ffn_width
 from fusion.data.mcq import LETTERS
 from fusion.data.scoring import letter_token_ids, parse_letter, predict_from_output
 from fusion.errors import DatasetError
@@ -71,7 +72,7 @@ def sample_flops(model, setting: Setting, steps: int) -> dict[str, list[float]]:
     text = thinker.config.get_text_config()
     stats = thinker.last_stats
     per_layer = layer_token_counts(stats, text.num_hidden_layers)  # (B, T)
-    prefill, decode = llm_flops(per_layer, text.hidden_size, text.intermediate_size, steps)
+    prefill, decode = llm_flops(per_layer, text.hidden_size, ffn_width(text), steps)  # MoE: active width
     block = torch.zeros_like(prefill)
     if setting.method == "fusion":
         compressor = thinker.compressor

@@ -5,8 +5,9 @@ With audio taken from the video, Qwen3-Omni's block is::
     <|vision_bos|><|audio_bos|> [V and A merged by time id] <|audio_eos|><|vision_eos|>
 
 Video grid ``g`` sits at time id ``g * second_per_grid * position_id_per_seconds`` (2 s per grid at 1 fps, 13
-ids/s), audio token ``i`` at id ``i`` (13 tokens per second); tokens are merged by id, video first on ties, as in
-transformers' ``get_rope_index`` (a stable sort of ``2 * id + is_audio``).
+ids/s), audio token ``i`` at id ``i`` (13 tokens per second); tokens are merged by id, video first on ties, as
+transformers' processor and ``get_rope_index`` merge them (:mod:`fusion.model.layout_qwen3`). The offline processor
+(``load_model("tiny-random-qwen3")[1]``) writes the same layout from real clips.
 """
 
 from __future__ import annotations
@@ -14,27 +15,21 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
 
-from fusion.model.layout import SpecialIds
+from fusion.model.layout import SpecialIds, av_block_ids
+from fusion.model.layout_qwen3 import qwen3_audio_tokens, qwen3_av_block_ids
 from fusion.testing import _text_pool
 
 VIDEO_FPS = 1.0
 MEL_FRAMES_PER_SECOND = 100
 
 
-def merged_order(video_ids: torch.Tensor, audio_ids: torch.Tensor) -> torch.Tensor:
-    """``(n_v + n_a,)`` bool, True where the merged block holds a video token (stable sort by ``2 * id + is_audio``)."""
-    key = torch.cat([2 * video_ids.double(), 2 * audio_ids.double() + 1])  # (n_v + n_a,)
-    is_video = torch.cat([torch.ones_like(video_ids, dtype=torch.bool), torch.zeros_like(audio_ids, dtype=torch.bool)])
-    return is_video[torch.sort(key, stable=True).indices]
-
-
-def random_qwen3_inputs(model, seconds: int = 4, batch_size: int = 1, seed: int = 0, video: bool = True,
+def random_qwen3_inputs(model, seconds: float = 4, batch_size: int = 1, seed: int = 0, video: bool = True,
                         audio: bool = True, frame_size: int = 64, prompt_tokens: int = 6, question_tokens: int = 5,
-                        padding_side: str = "left") -> dict:
-    """Inputs for a Qwen3-Omni thinker: sample ``b`` lasts ``seconds + 2 b`` seconds of 1-fps video (``frame_size``
-    px square; 64 px = 4 merged tokens per grid) and/or its 16 kHz audio (13 tokens/s); padded on ``padding_side``."""
+                        padding_side: str = "left", fps: float = VIDEO_FPS) -> dict:
+    """Inputs for a Qwen3-Omni thinker: sample ``b`` lasts ``seconds + 2 b`` seconds of ``fps`` video (``frame_size``
+    px square, a multiple of 32; 64 px = 4 merged tokens per grid, 384 px = 144) and/or its 16 kHz audio (13
+    tokens/s); padded on ``padding_side``."""
     if not (video or audio):
         raise ValueError("random_qwen3_inputs needs video=True or audio=True")
     config = model.config
@@ -42,8 +37,11 @@ def random_qwen3_inputs(model, seconds: int = 4, batch_size: int = 1, seed: int 
     g = torch.Generator().manual_seed(seed)
     text = _text_pool(config)
     grid = frame_size // vc.patch_size
+    if frame_size % (vc.patch_size * vc.spatial_merge_size):
+        raise ValueError(f"frame_size {frame_size} px: use a multiple of {vc.patch_size * vc.spatial_merge_size} "
+                         "(patch x merge) for Qwen3-Omni, e.g. 384 (144 tokens per grid)")
     per_grid = grid * grid // vc.spatial_merge_size ** 2
-    spg = vc.temporal_patch_size / VIDEO_FPS
+    spg = vc.temporal_patch_size / fps
     patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
 
     def words(n: int) -> list[int]:
@@ -53,22 +51,15 @@ def random_qwen3_inputs(model, seconds: int = 4, batch_size: int = 1, seed: int 
     for b in range(batch_size):  # one iteration per sample
         secs = seconds + 2 * b
         n_t = math.ceil(secs / spg)
-        n_a = int(_get_feat_extract_output_lengths(torch.tensor(secs * MEL_FRAMES_PER_SECOND),
-                                                   config.audio_config.n_window))
+        n_mel = int(secs * MEL_FRAMES_PER_SECOND)
+        n_a = qwen3_audio_tokens(n_mel, config.audio_config.n_window)
         if video:
             grids.append([n_t, grid, grid])
             pixels.append(torch.randn(n_t * grid * grid, patch_dim, generator=g))
         if audio:
-            mels.append(torch.randn(config.audio_config.num_mel_bins, secs * MEL_FRAMES_PER_SECOND, generator=g))
-        if video and audio:
-            video_ids = (torch.arange(n_t) * spg * config.position_id_per_seconds).repeat_interleave(per_grid)
-            is_video = merged_order(video_ids, torch.arange(n_a))
-            body = torch.where(is_video, ids.video, ids.audio).tolist()
-            block = [ids.vision_bos, ids.audio_bos, *body, ids.audio_eos, ids.vision_eos]
-        elif video:
-            block = [ids.vision_bos, *[ids.video] * (n_t * per_grid), ids.vision_eos]
-        else:
-            block = [ids.audio_bos, *[ids.audio] * n_a, ids.audio_eos]
+            mels.append(torch.randn(config.audio_config.num_mel_bins, n_mel, generator=g))
+        block = (qwen3_av_block_ids(ids, n_t, per_grid, spg, n_a if audio else 0, config.position_id_per_seconds)
+                 if video else av_block_ids(ids, n_audio=n_a))
         rows.append(words(prompt_tokens) + block + words(question_tokens))
 
     width = max(len(r) for r in rows)

@@ -262,3 +262,41 @@ def test_block_width_shrinks_with_the_decoder_on_the_scaled_config():
         {"dim": 64, "scorer_hidden": 64}
     assert block_size("qwen2_5_omni_7b", None, "real", None) == {}
     assert block_size("qwen2_5_omni_7b", None, "scaled", 128) == {"dim": 128, "scorer_hidden": 128}
+
+
+def test_tiny_qwen3_run_skips_the_in_llm_methods_with_the_reason(tmp_path):
+    """Qwen3-Omni's layout (13 audio tokens/s, 2 fps, 64 px = 4 tokens per grid); FastV skipped with the backbone's
+    reason, DyCoke timed as its pre-LLM stage (the same prefill) with a note."""
+    out = subprocess.run(
+        [sys.executable, "scripts/bench_prefill.py", "--model", "tiny-random-qwen3", "--seconds", "2", "--frame-size",
+         "64", "--repeats", "1", "--warmup", "0", "--methods", "uniform", "fastv", "dycoke", "--retentions", "0.5",
+         "--json", str(tmp_path / "r.json")],
+        cwd=REPO, capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": "", "HF_HUB_OFFLINE": "1"},
+        timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "skipped fastv: FastVHook" in out.stdout and "does not run on Qwen3-Omni" in out.stdout
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert (data["meta"]["n_video"], data["meta"]["n_audio"]) == (8, 26)
+    assert "MoE 2 of 4 experts" in data["meta"]["text"]
+    rows = {r["method"]: r for r in data["rows"]}
+    assert set(rows) == {"uniform", "dycoke"} and [s["method"] for s in data["skipped"]] == ["fastv"]
+    assert (rows["uniform"]["kept_video"], rows["uniform"]["kept_audio"]) == (4 / 8, 13 / 26)
+    assert rows["dycoke"]["params"] == {"stage2": False} and "refuses the decode stage" in rows["dycoke"]["note"]
+    # LLM FLOPs at the MoE's active width (2 experts x 32): the formula on the kept sequence, 2 layers
+    n, d, m = rows["uniform"]["sequence"], 64, 64
+    assert rows["uniform"]["llm_flops"] == 2 * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m)
+
+
+def test_scaled_qwen3_config_keeps_ids_rope_and_active_experts():
+    from fusion.bench.prefill import CPU_SIZE_QWEN3, block_size
+    from fusion.model.configs import real_config, scaled_qwen3_config
+
+    real, scaled = real_config("qwen3_omni_30b_a3b"), scaled_qwen3_config(**CPU_SIZE_QWEN3)
+    text = scaled.get_text_config()
+    assert (text.hidden_size, text.num_hidden_layers, text.head_dim) == (512, 8, 128)
+    assert text.rope_parameters["mrope_section"] == real.get_text_config().rope_parameters["mrope_section"]
+    assert (text.num_experts, text.num_experts_per_tok, text.moe_intermediate_size) == (32, 8, 192)
+    assert scaled.vision_config.deepstack_visual_indexes == [1, 2, 3] and scaled.vision_config.patch_size == 16
+    assert (scaled.video_token_id, scaled.audio_token_id) == (real.video_token_id, real.audio_token_id)
+    assert scaled.audio_config.output_dim == scaled.vision_config.out_hidden_size == 512
+    assert block_size("qwen3_omni_30b_a3b", scaled, "scaled", None) == {"dim": 64, "scorer_hidden": 64}

@@ -14,7 +14,8 @@ from fusion.errors import ConfigError
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["eval_toy", "eval_worldsense_3b", "eval_worldsense_7b", "eval_worldsense_seed_3b"])
+@pytest.mark.parametrize("name", ["eval_toy", "eval_worldsense_3b", "eval_worldsense_7b", "eval_worldsense_seed_3b",
+                                  "eval_worldsense_qwen3_omni"])
 def test_shipped_configs_parse_and_start_with_a_command(name):
     path = CONFIGS / f"{name}.yaml"
     text = path.read_text()
@@ -39,6 +40,37 @@ def test_worldsense_configs_hold_the_published_setup():
     header = (CONFIGS / "eval_worldsense_seed_3b.yaml").read_text()
     for published in ("| 51.5 ", "| 46.4 |", "| 43.6 |", "| 44.0 |"):
         assert published in header.replace("  ", " ")
+
+
+def test_qwen3_worldsense_config_holds_only_methods_that_run_on_qwen3():
+    """Same setup as the 7B config minus the in-LLM methods; every setting runs on the tiny Qwen3 thinker."""
+    import torch
+
+    from fusion import METHODS, load_model
+    from fusion.testing_qwen3 import random_qwen3_inputs
+
+    cfg = load_config(EvalConfig, CONFIGS / "eval_worldsense_qwen3_omni.yaml")
+    seven = load_config(EvalConfig, CONFIGS / "eval_worldsense_7b.yaml")
+    assert cfg.model.name == "Qwen/Qwen3-Omni-30B-A3B-Instruct" and cfg.model.dtype == "bfloat16"
+    assert (cfg.data.prompt, cfg.scoring.mode, cfg.data.max_frames) == ("worldsense", "generate", 128)
+    assert cfg.retentions == seven.retentions and [g.key for g in cfg.groups] == [g.key for g in seven.groups]
+    names = [m.method for m in cfg.methods]
+    assert set(names) == {m.method for m in seven.methods} - {"fastv"}
+    header = (CONFIGS / "eval_worldsense_qwen3_omni.yaml").read_text().split("\n\n")[0]
+    assert "FastV" in header and "stage2" in header and "UnsupportedOptionError" in header
+    model, _ = load_model("tiny-random-qwen3")
+    inputs = random_qwen3_inputs(model, seconds=4)
+    for setting in expand(cfg):
+        compressor = METHODS.build(setting.method, **setting.build_kwargs())
+        hook = compressor.llm_hook() if hasattr(compressor, "llm_hook") else None
+        assert hook is None, setting.key  # pre-LLM only: an in-LLM hook raises UnsupportedOptionError on Qwen3
+        model.set_compressor(compressor)
+        with torch.no_grad():
+            out = model(**inputs)
+        stats = model.last_stats
+        assert bool(torch.isfinite(out.logits).all()), setting.key
+        dropped = int(stats.total_after[0]) < int(stats.total_before[0])
+        assert dropped == (setting.method != "none"), setting.key
 
 
 @pytest.mark.parametrize("override, key", [

@@ -110,6 +110,7 @@ def test_manifest_registers_the_model_class():
         registry.register_manifest(manifest)
     assert registry.get_model_class(MODEL_ID) is AVFusionOmni
     assert registry.get_model_class("qwen2_5_omni_avc") is AVFusionOmni
+    assert registry.get_model_class("qwen3_omni_avc") is AVFusionOmni
 
 
 def test_model_args_string_builds_the_method_and_on_error_raise(task_dir):
@@ -122,6 +123,58 @@ def test_model_args_string_builds_the_method_and_on_error_raise(task_dir):
     assert (compressor.name, compressor.rho_audio, compressor.rho_video) == ("omnizip", 0.3, 0.6)
     with pytest.raises(Exception, match="MediaNotFound|does not exist"):
         model._inputs("q", [str(task_dir / "nowhere.mp4")])
+
+
+def test_tiny_qwen3_through_simple_evaluate(task_dir):
+    """pretrained=tiny-random-qwen3: the Qwen3 thinker, requests built in Qwen3's layout (13 audio tokens/s), the
+    budget kept per modality, the missing clip counted as a failure."""
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from eval.lmms_model import AVFusionOmni, rescore
+    from fusion.model.qwen3_thinker import CompressedQwen3Thinker
+
+    model = AVFusionOmni(pretrained="tiny-random-qwen3", method="uniform", retention=0.5, device="cpu")
+    assert isinstance(model.model, CompressedQwen3Thinker) and model.family == "qwen3"
+    results = simple_evaluate(model=model, tasks=["avf_toy_mcq"], task_manager=TaskManager(include_path=str(task_dir)),
+                              log_samples=True, verbosity="WARNING")
+    samples = results["samples"]["avf_toy_mcq"]
+    assert len(model.stats) == 3 and len(model.failures) == 1
+    for kept in model.stats:  # 4-s clips: 4 grids x 4 tokens (64 px, 2 fps) and 4 x 13 audio tokens
+        assert (kept["video_before"], kept["audio_before"]) == (16, 52)
+        assert (kept["video_after"], kept["audio_after"]) == (8, 26)
+    assert rescore(samples, "avf_score")["scored"] == 3
+
+
+def test_a_local_qwen3_checkpoint_directory_selects_qwen3(tmp_path, task_dir):
+    """A directory as a checkpoint is saved (thinker config + weights, tokenizer, feature extractor; no
+    omni_processor.json): its config's model_type picks the Qwen3 thinker and layout; FastV is refused at once."""
+    import numpy as np
+    import torch
+
+    from eval.lmms_model import AVFusionOmni
+    from fusion import load_model
+    from fusion.errors import UnsupportedOptionError
+    from fusion.model.qwen3_thinker import CompressedQwen3Thinker
+
+    tiny, processor = load_model("tiny-random-qwen3")
+    tiny.save_pretrained(tmp_path)
+    processor.tokenizer.save_pretrained(tmp_path)
+    processor.feature_extractor.save_pretrained(tmp_path)
+    model = AVFusionOmni(pretrained=str(tmp_path), method="audio_attn", retention=0.5, device="cpu")
+    assert isinstance(model.model, CompressedQwen3Thinker) and model.family == "qwen3"
+    assert (model.processor.video.factor, model.processor.position_id_per_seconds) == (32, 13.0)
+    for name, value in tiny.state_dict().items():
+        assert torch.equal(model.model.state_dict()[name], value), name
+    video = load_jsonl(task_dir.parent / "toy" / "test.jsonl")[0].video
+    inputs = model._inputs("how many beeps ?", [video])
+    with torch.no_grad():
+        model.model(**inputs)
+    kept = model.model.last_stats.rows()[0]
+    assert kept["audio_before"] == 52 and kept["audio_after"] == 26 and kept["video_after"] == kept["video_before"]
+    assert np.isclose(inputs["video_second_per_grid"].item(), 1.0)
+    with pytest.raises(UnsupportedOptionError, match="Qwen3-Omni"):
+        AVFusionOmni(pretrained=str(tmp_path), method="fastv", retention=0.5, device="cpu")
 
 
 def test_import_eval_does_not_import_lmms_eval():

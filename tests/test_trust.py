@@ -14,6 +14,7 @@ import torch
 from adapter_helpers import tiny_adapter
 
 import fusion.data.processor as processor_module
+import fusion.data.processor_files as processor_files
 import fusion.model.loading as loading
 from fusion import load_model
 from fusion.block import attach_block
@@ -138,7 +139,8 @@ def hub_spies(tiny, tmp_path, monkeypatch):
     spy(CompressedThinker, "CompressedThinker")
     spy(processor_module.AutoTokenizer, "AutoTokenizer")
     spy(processor_module.WhisperFeatureExtractor, "WhisperFeatureExtractor")
-    monkeypatch.setattr(processor_module, "_qwen_video_settings", lambda *_: processor.video)
+    monkeypatch.setattr(processor_files, "checkpoint_settings",
+                        lambda *_: processor_files.CheckpointSettings("qwen2_5", processor.video, 25, 50, None))
     return calls
 
 

@@ -7,7 +7,9 @@ size ``d`` and FFN size ``m``::
 
 (``n_l`` = tokens layer ``l`` sees: the kept count for pre-LLM methods; ``n`` for ``l < K`` and the kept count
 after for FastV). It ignores GQA, the third SwiGLU matrix and causality, as the papers do; ratios between methods
-are what it is for. Encoder FLOPs are the same for every method and are not included.
+are what it is for. For a mixture-of-experts decoder (Qwen3-Omni-30B-A3B) ``m`` is the ACTIVE width,
+``num_experts_per_tok * moe_intermediate_size`` (:func:`ffn_width`; the router's ``n d E`` is not counted).
+Encoder FLOPs are the same for every method and are not included.
 
 Selection FLOPs are counted, not modelled: :func:`count_flops` runs a call under ``torch.utils.flop_counter``
 (matrix products and attention kernels only; element-wise work, sorting and top-k count zero). The CPU SDPA kernel
@@ -22,6 +24,21 @@ from typing import TypeVar
 import torch
 
 T = TypeVar("T")
+
+
+def ffn_width(text_config) -> int:
+    """``m`` of the formula: ``intermediate_size`` of a dense decoder; for a MoE one the active width
+    ``k * moe_intermediate_size`` on its sparse layers, averaged with ``intermediate_size`` over the layers when some
+    are dense (``mlp_only_layers``, ``decoder_sparse_step``; Qwen3-Omni has none)."""
+    experts = int(getattr(text_config, "num_experts", 0) or 0)
+    if experts == 0:
+        return int(text_config.intermediate_size)
+    layers = int(text_config.num_hidden_layers)
+    dense = set(getattr(text_config, "mlp_only_layers", None) or [])
+    step = int(getattr(text_config, "decoder_sparse_step", 1) or 1)
+    sparse = sum(1 for i in range(layers) if i not in dense and (i + 1) % step == 0)
+    active = int(text_config.num_experts_per_tok) * int(text_config.moe_intermediate_size)
+    return round((sparse * active + (layers - sparse) * int(text_config.intermediate_size)) / layers)
 
 
 def layer_flops(n: int, d: int, m: int) -> int:

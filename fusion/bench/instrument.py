@@ -2,10 +2,11 @@
 its stage times (hooks that only record marks), and on request its selection FLOPs, keep mask and peak memory.
 
 Stages (seconds): ``total``; ``video_encoder`` / ``audio_encoder`` (the towers' forwards); ``select`` (the compressor
-call + the audio-encoder attention scores it requires, ``fusion.model.audio_attention.attention_received``, + an
-in-LLM method's attention row and gather, ``fusion.model.hooked_lm.last_token_row`` / ``drop_tokens``); ``llm``
-(decoder layer 0's start to the final norm's end, minus the in-LLM selection); ``other`` (the rest: embedding, TMRoPE
-ids, annotation, ``apply_keep``, ``lm_head``).
+call + the audio-encoder attention scores it requires, ``fusion.model.audio_attention.attention_received`` (on
+Qwen3-Omni ``attention_received_tokens``), + an in-LLM method's attention row and gather,
+``fusion.model.hooked_lm.last_token_row`` / ``drop_tokens``); ``llm`` (decoder layer 0's start to the final norm's
+end, minus the in-LLM selection); ``other`` (the rest: embedding, TMRoPE ids, annotation, ``apply_keep``,
+``lm_head``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 
 import fusion.model.compression as thinker_module  # where the hook calls attention_received
 import fusion.model.hooked_lm as hooked_lm
-from fusion.bench.flops import FlopTally, prefill_flops
+import fusion.model.qwen3_thinker as qwen3_module  # where Qwen3-Omni's hook calls attention_received_tokens
+from fusion.bench.flops import FlopTally, ffn_width, prefill_flops
 from fusion.bench.ideal import keep_from_source
 from fusion.bench.memory import PeakMemory
 from fusion.bench.timing import Fanout, StageTimer, function_span, module_span
@@ -75,6 +77,7 @@ class Bench:
         stack.enter_context(module_span(self.marks, model.audio_tower, "audio_encoder"))
         stack.enter_context(module_span(self.marks, lm.layers[0], "llm_span", end_module=lm.norm))
         stack.enter_context(function_span(self.timer, thinker_module, "attention_received", "scores", around))
+        stack.enter_context(function_span(self.timer, qwen3_module, "attention_received_tokens", "scores", around))
         stack.enter_context(function_span(self.timer, hooked_lm, "last_token_row", "in_llm_select", around))
         stack.enter_context(function_span(self.timer, hooked_lm, "drop_tokens", "in_llm_select", around))
         return stack
@@ -107,7 +110,7 @@ class Bench:
         layers = layer_token_counts(stats, text.num_hidden_layers)[0].tolist()
         return {"keep": keep_from_source(out.source_index, self.inputs["input_ids"].shape[1]), "stats": stats,
                 "layer_tokens": layers, "select_flops": tally.total,
-                "llm_flops": prefill_flops(layers, text.hidden_size, text.intermediate_size)}
+                "llm_flops": prefill_flops(layers, text.hidden_size, ffn_width(text))}
 
     def pair(self, method, ideal) -> dict[str, dict[str, float]]:
         """The method and its ideal back to back, alternating which runs first."""

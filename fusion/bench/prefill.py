@@ -1,22 +1,27 @@
 """Prefill benchmark at real model sizes: every method's speed-up against its ideal, memory and FLOPs (issue 7).
 
-    python scripts/bench_prefill.py [--model qwen2_5_omni_7b|qwen2_5_omni_3b|tiny-random|<config.json>]
+    python scripts/bench_prefill.py [--model qwen2_5_omni_7b|qwen2_5_omni_3b|qwen3_omni_30b_a3b|tiny-random|
+                                     tiny-random-qwen3|<config.json>]
         [--seconds S] [--frame-size PX] [--methods ...] [--retentions 0.35 0.2 0.1] [--repeats N] [--threads T]
         [--json out.json] [--markdown out.md]
 
 **Model.** The thinker of the shipped config with random weights (speed does not depend on the weights). On a GPU:
 the real size, bf16, flash-attn 2 when installed (else SDPA). On the CPU: fp32, SDPA, the config shrunk by
 ``fusion.model.configs.scaled_config`` to :data:`CPU_SIZE` (``--size real`` keeps the real size). ``tiny-random``
-is the test model.
+is the test model. Qwen3-Omni-30B-A3B (``qwen3_omni_30b_a3b``; ``tiny-random-qwen3`` in tests): scaled by
+``scaled_qwen3_config`` to :data:`CPU_SIZE_QWEN3` (the same decoder and encoders, MoE with 8 of 32 experts active).
 
 **Input.** ``fusion.testing.random_inputs``: one clip of ``--seconds`` at 2 fps, ``--frame-size`` px square frames
 (336 px = 144 video tokens per 1-s grid) with its audio (25 tokens/s), interleaved as Qwen's processor does. GPU
-default: 60 s (8,640 video + 1,500 audio tokens); CPU default: :data:`CPU_SECONDS` at 336 px.
+default: 60 s (8,640 video + 1,500 audio tokens); CPU default: :data:`CPU_SECONDS` at 336 px. Qwen3-Omni:
+``fusion.testing_qwen3.random_qwen3_inputs`` at 2 fps, 384 px by default (patch 16: 144 video tokens per 1-s grid),
+13 audio tokens/s merged into the video block by time id.
 
 **Cases.** ``none`` (the uncompressed baseline), every pre-LLM method at each retention, FastV (acts inside the
 LLM), the learned block untrained (``fusion``; its speed does not depend on training; on the scaled config its width
 d shrinks with the decoder's, see :func:`block_size`). A method that cannot reach a
-retention with its defaults is retried with :data:`REACH` (noted in the row) or listed as skipped with the reason.
+retention with its defaults is retried with :data:`REACH` (noted in the row) or listed as skipped with the reason;
+so is a method the backbone refuses (on Qwen3-Omni the in-LLM hooks: FastV, DyCoke's decode stage).
 
 **Measured per case**, interleaved (rotated order each round; a method and its ideal run back to back, alternating
 which goes first), medians over ``--repeats`` rounds after ``--warmup`` rounds and one untimed calibration call:
@@ -61,6 +66,7 @@ import sys
 import torch
 
 import fusion.model.hooked_lm as hooked_lm
+from fusion.bench.flops import ffn_width
 from fusion.bench.ideal import Comparison, FixedKeep, fastv_ideal, paired_ratio
 from fusion.bench.instrument import STAGES, Bench
 from fusion.bench.memory import PeakMemory, track_rss_closely
@@ -68,21 +74,29 @@ from fusion.bench.prefill_report import TARGETS, misses, render
 from fusion.bench.report import environment
 from fusion.bench.timing import interleave
 from fusion.errors import AVFusionError, ModelLoadError, RetentionError, UnsupportedOptionError
-from fusion.model.configs import REAL_CONFIGS, real_config, scaled_config
+from fusion.model.configs import QWEN3_CONFIGS, REAL_CONFIGS, real_config, scaled_config, scaled_qwen3_config
+from fusion.model.loading import TINY, TINY_QWEN3
+from fusion.model.qwen3_thinker import CompressedQwen3Thinker
 from fusion.pruners import METHODS
 from fusion.testing import random_inputs
+from fusion.testing_qwen3 import random_qwen3_inputs
 
 #: CPU size: a decoder 512 wide x 8 layers (head dim 128), encoders 256 wide x 4 layers. On a 12-s 336-px clip
 #: (~2k tokens) the encoders take ~30 % of the prefill and attention ~20 % of the LLM's FLOPs, close to the 7B
 #: model on a 60-s clip (~25 % and ~13 %), and the uncompressed prefill takes ~3 s on one core.
 CPU_SIZE = dict(text_hidden=512, text_layers=8, heads=4, kv_heads=2, vision_depth=4, vision_hidden=256,
                 audio_layers=4, audio_hidden=256)
+#: CPU size of Qwen3-Omni-30B-A3B: the same decoder/encoder shrink, experts 768 -> 192 wide, 32 in the pool, 8 active.
+CPU_SIZE_QWEN3 = {**CPU_SIZE, "experts": 32}
 #: CPU clip length: 60 s would be ~10k tokens, where attention (n^2) would dominate a 512-wide decoder.
 CPU_SECONDS = 12.0
 GPU_SECONDS = 60.0
 BY_NAME = ("none", "fastv", "fusion")  # the baseline and the two cases added by name, after the pre-LLM methods
 #: Parameters that let a method reach a retention its paper defaults cannot (used only after a RetentionError).
 REACH = {"omnizip": {"rho_max": 0.95}}
+#: A method whose in-LLM part acts only at decode, as the pre-LLM method with the same prefill (used where the backbone
+#: refuses in-LLM hooks: Qwen3-Omni).
+PRE_LLM_FORM = {"dycoke": {"stage2": False}}
 
 
 def kind_of(compressor) -> str:
@@ -98,11 +112,16 @@ def build_model(args, device: torch.device, dtype: torch.dtype, size: str):
     from fusion.model.loading import build_random_thinker, load_model
 
     if size == "tiny":
-        return load_model("tiny-random", dtype=dtype, attn_implementation=args.attn, device=device)[0]
+        return load_model(args.model, dtype=dtype, attn_implementation=args.attn, device=device)[0]
     if args.model not in REAL_CONFIGS and not args.model.endswith(".json"):
         raise ModelLoadError(f"--model {args.model!r}: the benchmark builds random weights from a config, so give one "
-                             f"of {list(REAL_CONFIGS)}, 'tiny-random' or the path of a thinker config .json")
-    config = scaled_config(args.model, **CPU_SIZE) if size == "scaled" else real_config(args.model)
+                             f"of {list(REAL_CONFIGS)}, {TINY!r}, {TINY_QWEN3!r} or the path of a thinker config .json")
+    if size != "scaled":
+        config = real_config(args.model)
+    elif args.model in QWEN3_CONFIGS:
+        config = scaled_qwen3_config(args.model, **CPU_SIZE_QWEN3)
+    else:
+        config = scaled_config(args.model, **CPU_SIZE)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # weights made in their dtype on the device: no fp32 host copy of a 7B model
     try:
@@ -116,36 +135,66 @@ def build_model(args, device: torch.device, dtype: torch.dtype, size: str):
 def model_summary(model) -> dict:
     c = model.config
     text, vision, audio = c.get_text_config(), c.vision_config, c.audio_config
+    ffn = f"FFN {text.intermediate_size}"
+    if getattr(text, "num_experts", 0):
+        ffn = f"MoE {text.num_experts_per_tok} of {text.num_experts} experts x {text.moe_intermediate_size} " \
+              f"(active FFN {ffn_width(text)})"
     return {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
             "text": f"{text.hidden_size} wide x {text.num_hidden_layers} layers, {text.num_attention_heads} heads "
-                    f"({text.num_key_value_heads} kv), FFN {text.intermediate_size}",
+                    f"({text.num_key_value_heads} kv), {ffn}",
             "vision": f"{vision.hidden_size} wide x {vision.depth} layers",
             "audio": f"{audio.d_model} wide x {audio.encoder_layers} layers"}
 
 
 def make_inputs(model, seconds: float, frame_size: int, device: torch.device, dtype: torch.dtype) -> dict:
-    inputs = random_inputs(model, seconds=seconds, frame_size=frame_size, seed=0)
+    if isinstance(model, CompressedQwen3Thinker):  # Qwen3's layout, at the processor's 2 fps
+        inputs = random_qwen3_inputs(model, seconds=seconds, frame_size=frame_size, seed=0, fps=2.0)
+    else:
+        inputs = random_inputs(model, seconds=seconds, frame_size=frame_size, seed=0)
     for key in ("pixel_values_videos", "input_features"):  # media in the model's dtype; ids and masks as they are
         inputs[key] = inputs[key].to(dtype)
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
-def plan(args) -> tuple[list[tuple[str, float]], list[dict]]:
-    """``[(method, retention)]`` to run and ``[{method, retention, reason}]`` skipped (in-LLM methods without a
-    backend the hooked runner supports)."""
+def _refused(model, compressor) -> AVFusionError | None:
+    """The backbone's error for the compressor's in-LLM hook (Qwen3-Omni refuses them all), or None."""
+    hook = compressor.llm_hook() if hasattr(compressor, "llm_hook") else None
+    try:
+        if hook is not None:
+            model._check_llm_hook(hook)
+    except AVFusionError as err:
+        return err
+    return None
+
+
+def plan(args, model) -> tuple[list[tuple[str, float, dict, str]], list[dict]]:
+    """``[(method, retention, params, note)]`` to run and ``[{method, retention, reason}]`` skipped: in-LLM methods
+    without a backend the hooked runner supports, or on a backbone that refuses them (Qwen3-Omni), unless the method
+    has a pre-LLM form with the same prefill (:data:`PRE_LLM_FORM`: DyCoke without its decode stage)."""
     names = args.methods or [n for n in METHODS if n not in BY_NAME] + ["fastv", "fusion"]
     run, skipped = [], []
     for name in names:
         for r in args.retentions:
+            params, note = {}, ""
             try:
                 compressor = METHODS.build(name, retention=r)
+                if hasattr(compressor, "set_batch"):  # evidence_oracle: reads each sample's ToyWorld scene
+                    raise UnsupportedOptionError("needs each sample's ToyWorld scene (set_batch); random inputs have "
+                                                 "none")
+                refused = _refused(model, compressor)
+                if refused is not None and name in PRE_LLM_FORM:
+                    params = PRE_LLM_FORM[name]
+                    note = f"{params}: {type(model).__name__} refuses the decode stage (the prefill is the same)"
+                    refused = _refused(model, METHODS.build(name, retention=r, **params))
+                if refused is not None:
+                    raise refused
                 if kind_of(compressor) == "in-llm" and args.attn not in hooked_lm.BACKENDS:
                     raise UnsupportedOptionError(f"runs inside the LLM, which needs {hooked_lm.BACKENDS} attention "
                                                  f"(this run: {args.attn}); rerun with --attn sdpa")
             except AVFusionError as err:
                 skipped.append({"method": name, "retention": r, "reason": str(err)})
                 continue
-            run.append((name, r))
+            run.append((name, r, params, note))
     return run, skipped
 
 
@@ -217,8 +266,8 @@ def row(bench: Bench, case: dict, samples: list[dict], base: dict) -> dict:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench_prefill.py", description=__doc__.split("\n\n")[0],
                                 epilog="What is measured, every JSON field: the docstring of fusion/bench/prefill.py")
-    p.add_argument("--model", default="qwen2_5_omni_7b", help="qwen2_5_omni_7b | qwen2_5_omni_3b | tiny-random | "
-                   "a thinker config .json (random weights)")
+    p.add_argument("--model", default="qwen2_5_omni_7b", help="qwen2_5_omni_7b | qwen2_5_omni_3b | "
+                   "qwen3_omni_30b_a3b | tiny-random | tiny-random-qwen3 | a thinker config .json (random weights)")
     p.add_argument("--size", choices=("auto", "real", "scaled"), default="auto",
                    help="auto: the real size on GPU, scaled to CPU_SIZE on CPU")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
@@ -227,7 +276,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    "flash_attention_2 or eager")
     p.add_argument("--seconds", type=float, default=None, help=f"clip length (default {GPU_SECONDS:g} on GPU, "
                    f"{CPU_SECONDS:g} on CPU, 2 for tiny-random)")
-    p.add_argument("--frame-size", type=int, default=336, help="frame side in px (336 -> 144 video tokens/grid)")
+    p.add_argument("--frame-size", type=int, default=None, help="frame side in px (default 336 -> 144 video "
+                   "tokens/grid; Qwen3-Omni, patch 16: 384 -> 144)")
     p.add_argument("--methods", nargs="+", default=None, help="registry names (default: every pre-LLM method, "
                    "then fastv and fusion)")
     p.add_argument("--block-dim", type=int, default=None, help="the learned block's width d (default: 256 at the "
@@ -259,15 +309,17 @@ def main(argv: list[str] | None = None) -> dict:
         args.attn = "flash_attention_2" if device.type == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa"
     if args.threads is not None or device.type == "cpu":
         torch.set_num_threads(args.threads or 1)
-    size = "tiny" if args.model == "tiny-random" else \
+    size = "tiny" if args.model in (TINY, TINY_QWEN3) else \
         "scaled" if args.size == "scaled" or (args.size == "auto" and device.type == "cpu") else "real"
     if args.seconds is None:
         args.seconds = 2.0 if size == "tiny" else GPU_SECONDS if device.type == "cuda" else CPU_SECONDS
 
     exact = args.memory_exact and device.type == "cpu" and track_rss_closely()  # before anything is allocated
     model = build_model(args, device, dtype, size)
+    if args.frame_size is None:
+        args.frame_size = 384 if isinstance(model, CompressedQwen3Thinker) else 336
     bench = Bench(model, make_inputs(model, args.seconds, args.frame_size, device, dtype), device)
-    todo, skipped = plan(args)
+    todo, skipped = plan(args, model)
     block = block_size(args.model, model.config, size, args.block_dim)
     if args.block_allocation and args.block_split:
         raise SystemExit("--block-allocation and --block-split are two different selections: pass one")
@@ -286,6 +338,8 @@ def main(argv: list[str] | None = None) -> dict:
             if device.type == "cpu" else PeakMemory(device).kind}
     print(f"{meta['environment']}\nmodel {args.model} ({size}): {meta['params_m']} M params; text {meta['text']}; "
           f"vision {meta['vision']}; audio {meta['audio']}", flush=True)
+    for name, reason in dict.fromkeys((x["method"], x["reason"]) for x in skipped):  # once per method and reason
+        print(f"skipped {name}: {reason}", flush=True)
 
     none = METHODS.build("none")
     with bench.instrument():
@@ -295,10 +349,11 @@ def main(argv: list[str] | None = None) -> dict:
               f"tokens, sequence {meta['sequence']}; {len(todo)} cases, {args.repeats} rounds after {args.warmup} "
               "warm-up", flush=True)
         cases = []
-        for name, r in todo:
+        for name, r, planned, why in todo:
             try:
                 compressor, info, params, note = calibrate_case(bench, name, r,
-                                                                block if name == "fusion" else None)
+                                                                block if name == "fusion" else planned)
+                note = "; ".join(x for x in (why, note) if x)
             except AVFusionError as err:
                 skipped.append({"method": name, "retention": r, "reason": f"failed: {err}"})
                 continue

@@ -44,11 +44,14 @@ FORMAT_VERSION = "1"
 
 def processor_fingerprint(processor, style: str) -> str:
     """A short hash of everything that changes the cached tensors (tokenizer vocabulary, video/audio settings,
-    layout constants, prompt style)."""
-    payload = json.dumps({"vocab": sorted(processor.tokenizer.get_vocab().items()), "video": asdict(processor.video),
-                          "audio": asdict(processor.audio), "system": processor.default_system, "style": style,
-                          "pps": processor.position_id_per_seconds, "spc": processor.seconds_per_chunk,
-                          "format": FORMAT_VERSION}, sort_keys=True, default=str)
+    layout constants and family, prompt style)."""
+    fields = {"vocab": sorted(processor.tokenizer.get_vocab().items()), "video": asdict(processor.video),
+              "audio": asdict(processor.audio), "system": processor.default_system, "style": style,
+              "pps": processor.position_id_per_seconds, "spc": processor.seconds_per_chunk, "format": FORMAT_VERSION}
+    family = getattr(processor, "family", "qwen2_5")
+    if family != "qwen2_5":  # another layout; Qwen2.5 caches keep the fingerprint they were built with
+        fields.update(family=family, n_window=processor.n_window)
+    payload = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -1,13 +1,22 @@
-"""`OmniProcessor`: chat text + decoded frames + 16 kHz audio -> Qwen2.5-Omni thinker inputs.
+"""`OmniProcessor`: chat text + decoded frames + 16 kHz audio -> Qwen2.5-Omni or Qwen3-Omni thinker inputs.
 
-It produces what ``transformers.Qwen2_5OmniProcessor`` produces (same keys, same patch layout, same
-placeholder layout), without needing torchvision, which transformers' video processor requires and which
-has no CPU wheel. Video: frames are resized to Qwen's ``smart_resize`` size (PIL bicubic, as the
-PIL image processor does), padded to a multiple of ``temporal_patch_size`` by repeating the last frame,
-normalised with the CLIP mean/std and flattened into ``(grid_t * grid_h * grid_w, 3 * 2 * 14 * 14)``
+It produces what ``transformers.Qwen2_5OmniProcessor`` (``family="qwen2_5"``) or ``Qwen3OmniMoeProcessor``
+(``family="qwen3"``) produces (same keys, same patch layout, same placeholder layout), without needing torchvision,
+which transformers' video processors require and which has no CPU wheel. The families differ in four places only:
+patch size (14 vs 16, so frame sides are multiples of 28 vs 32), audio tokens per clip (25/s vs 13/s:
+:func:`~fusion.model.layout.audio_tokens_for_frames` vs :func:`~fusion.model.layout_qwen3.qwen3_audio_tokens`),
+temporal ids per second (25 vs 13) and the audio-in-video block (2-s chunks vs one merge by time id:
+:mod:`fusion.model.layout` vs :mod:`fusion.model.layout_qwen3`). ``video_second_per_grid`` is always
+``temporal_patch_size / fps`` of the rate the frames were sampled at (the stock Qwen3 processor assumes 1 fps
+unless it is told the rate).
+
+Video: frames are resized to Qwen's ``smart_resize`` size (PIL bicubic, as the PIL image processor does), padded
+to a multiple of ``temporal_patch_size`` by repeating the last frame,
+normalised with the CLIP mean/std and flattened into ``(grid_t * grid_h * grid_w, 3 * 2 * p * p)``
 patches in Qwen2-VL's merge-window order. Audio: Whisper log-mel features (100 frames per second).
 Text: ``<|vision_bos|><|VIDEO|><|vision_eos|>`` (and ``<|audio_bos|><|AUDIO|><|audio_eos|>``) spans of the
-rendered chat are replaced, at the id level, by :func:`fusion.model.layout.av_block_ids`.
+rendered chat are replaced, at the id level, by the family's block ids. Special tokens are read from the
+tokenizer's media attributes (``tokenizer.video_token`` ...), so Qwen3's ``<|video_pad|>`` names work as Qwen2.5's.
 """
 
 from __future__ import annotations
@@ -24,10 +33,16 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 
 from fusion.errors import InputMismatchError, ModelLoadError
 from fusion.model.layout import SpecialIds, audio_tokens_for_frames, av_block_ids
+from fusion.model.layout_qwen3 import qwen3_audio_tokens, qwen3_av_block_ids
 
 CONFIG_NAME = "omni_processor.json"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+FAMILIES = ("qwen2_5", "qwen3")
+#: tokenizer attribute -> the Qwen2.5-Omni token it defaults to
+MEDIA_TOKENS = {"video_token": "<|VIDEO|>", "audio_token": "<|AUDIO|>", "image_token": "<|IMAGE|>",
+                "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+                "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
 QWEN_SYSTEM_PROMPT = (
     "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving auditory and "
     "visual inputs, as well as generating text and speech."
@@ -36,7 +51,8 @@ QWEN_SYSTEM_PROMPT = (
 
 @dataclass
 class VideoSettings:
-    """How frames become patches (Qwen2.5-Omni's defaults; pixel budgets are per frame)."""
+    """How frames become patches (Qwen2.5-Omni's defaults, :func:`qwen3_video_settings` for Qwen3-Omni's; pixel
+    budgets are per frame)."""
 
     patch_size: int = 14
     temporal_patch_size: int = 2
@@ -54,6 +70,26 @@ class VideoSettings:
     @property
     def second_per_grid(self) -> float:
         return self.temporal_patch_size / self.fps
+
+
+def qwen3_video_settings(**overrides) -> VideoSettings:
+    """Qwen3-Omni's video defaults: patch 16 (32-px tokens), 128-768 tokens per frame (the processor's
+    ``videos_kwargs`` size), Qwen2-VL's CLIP mean/std unless the checkpoint's ``preprocessor_config.json`` says
+    otherwise (:meth:`OmniProcessor.from_pretrained` reads it)."""
+    return VideoSettings(**{"patch_size": 16, "min_pixels": 128 * 32 * 32, "max_pixels": 768 * 32 * 32, **overrides})
+
+
+def special_ids(tokenizer) -> SpecialIds:
+    """Placeholder and marker ids from the tokenizer's media attributes (:data:`MEDIA_TOKENS` defaults)."""
+    names = {attr: getattr(tokenizer, attr, None) or default for attr, default in MEDIA_TOKENS.items()}
+    ids = {attr: tokenizer.convert_tokens_to_ids(token) for attr, token in names.items()}
+    missing = [names[a] for a, i in ids.items() if i is None or i == tokenizer.unk_token_id]
+    if missing:
+        raise ModelLoadError(f"the tokenizer has no media token(s) {missing}; load the tokenizer of a "
+                             "Qwen2.5-/Qwen3-Omni checkpoint (or set its video_token, audio_token, ... attributes)")
+    return SpecialIds(video=ids["video_token"], audio=ids["audio_token"], image=ids["image_token"],
+                      vision_bos=ids["vision_bos_token"], vision_eos=ids["vision_eos_token"],
+                      audio_bos=ids["audio_bos_token"], audio_eos=ids["audio_eos_token"])
 
 
 @dataclass
@@ -91,11 +127,19 @@ class OmniProcessor:
         video: frame/patch settings.
         audio: audio settings.
         default_system: system prompt used when a conversation has none.
+        position_id_per_seconds: temporal ids per second (25 for Qwen2.5-Omni, 13 for Qwen3-Omni).
+        seconds_per_chunk: Qwen2.5-Omni's interleave chunk (Qwen3-Omni has none).
+        family: ``"qwen2_5"`` or ``"qwen3"``: which processor's layout to write (module doc).
+        n_window: Qwen3-Omni's audio encoder window (the thinker config's ``audio_config.n_window``).
     """
 
     def __init__(self, tokenizer, feature_extractor, video: VideoSettings | None = None,
                  audio: AudioSettings | None = None, default_system: str = QWEN_SYSTEM_PROMPT,
-                 position_id_per_seconds: int = 25, seconds_per_chunk: int = 2) -> None:
+                 position_id_per_seconds: float = 25, seconds_per_chunk: int = 2, family: str = "qwen2_5",
+                 n_window: int = 50) -> None:
+        if family not in FAMILIES:
+            raise ModelLoadError(f"processor family {family!r} is unknown; use one of {list(FAMILIES)}")
+        self.family, self.n_window = family, n_window
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
         self.video = video or VideoSettings()
@@ -103,12 +147,22 @@ class OmniProcessor:
         self.default_system = default_system
         self.position_id_per_seconds = position_id_per_seconds
         self.seconds_per_chunk = seconds_per_chunk
-        convert = tokenizer.convert_tokens_to_ids
-        self.ids = SpecialIds(
-            video=convert("<|VIDEO|>"), audio=convert("<|AUDIO|>"), image=convert("<|IMAGE|>"),
-            vision_bos=convert("<|vision_bos|>"), vision_eos=convert("<|vision_eos|>"),
-            audio_bos=convert("<|audio_bos|>"), audio_eos=convert("<|audio_eos|>"),
-        )
+        self.ids = special_ids(tokenizer)
+
+    def audio_tokens(self, n_mel_frames: int) -> int:
+        """Audio tokens of a clip with ``n`` mel frames (the family's encoder, module doc)."""
+        if self.family == "qwen3":
+            return qwen3_audio_tokens(n_mel_frames, self.n_window)
+        return audio_tokens_for_frames(n_mel_frames)
+
+    def video_block(self, grid: tuple[int, int, int], n_audio: int) -> list[int]:
+        """Ids of the block of a video with ``grid`` and ``n_audio`` interleaved audio tokens (0: video only)."""
+        gt, gh, gw = grid
+        per_grid, spg = gh * gw // self.video.merge_size ** 2, self.video.second_per_grid
+        if self.family == "qwen3":
+            return qwen3_av_block_ids(self.ids, gt, per_grid, spg, n_audio, self.position_id_per_seconds)
+        return av_block_ids(self.ids, gt, per_grid, spg, n_audio, self.position_id_per_seconds,
+                            self.seconds_per_chunk)
 
     # ------------------------------------------------------------------ text
     def apply_chat_template(self, conversation: list[dict], add_generation_prompt: bool = True) -> str:
@@ -170,7 +224,7 @@ class OmniProcessor:
         waves = [a for a in audio if a is not None]
         feats = self.preprocess_audio(waves) if waves else None
         audio_tokens = iter([] if feats is None else
-                            [audio_tokens_for_frames(int(f)) for f in feats["feature_attention_mask"].sum(-1)])
+                            [self.audio_tokens(int(f)) for f in feats["feature_attention_mask"].sum(-1)])
         for t, v, a in zip(texts, videos, audio):
             n_audio = next(audio_tokens) if a is not None else 0
             grid = None
@@ -199,10 +253,7 @@ class OmniProcessor:
             if span == (s.vision_bos, s.video, s.vision_eos):
                 if grid is None:
                     raise InputMismatchError("the text has a video placeholder but no frames were given for it")
-                gt, gh, gw = grid
-                block_audio = n_audio if use_audio_in_video else 0
-                out += av_block_ids(s, gt, gh * gw // self.video.merge_size ** 2, self.video.second_per_grid,
-                                    block_audio, self.position_id_per_seconds, self.seconds_per_chunk)
+                out += self.video_block(grid, n_audio if use_audio_in_video else 0)
                 n_audio = 0 if use_audio_in_video else n_audio
                 i += 3
             elif span == (s.audio_bos, s.audio, s.audio_eos):
@@ -235,15 +286,19 @@ class OmniProcessor:
         self.feature_extractor.save_pretrained(directory)
         settings = {"video": asdict(self.video), "audio": asdict(self.audio), "default_system": self.default_system,
                     "position_id_per_seconds": self.position_id_per_seconds,
-                    "seconds_per_chunk": self.seconds_per_chunk}
+                    "seconds_per_chunk": self.seconds_per_chunk, "family": self.family, "n_window": self.n_window}
         (directory / CONFIG_NAME).write_text(json.dumps(settings, indent=2))
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, trust_remote_code: bool = False,
                         **hub_kwargs) -> OmniProcessor:
-        """Load ours (saved with :meth:`save_pretrained`) or build one from a Qwen2.5-Omni checkpoint's files.
+        """Load ours (saved with :meth:`save_pretrained`) or build one from a Qwen2.5-Omni / Qwen3-Omni checkpoint's
+        files (the family, patch size and audio window come from its config files:
+        :func:`fusion.data.processor_files.checkpoint_settings`).
 
         ``trust_remote_code`` (off by default) only reaches ``AutoTokenizer``; the other files are JSON."""
+        from fusion.data.processor_files import checkpoint_settings
+
         path = Path(name_or_path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code,
@@ -254,30 +309,15 @@ class OmniProcessor:
         if (path / CONFIG_NAME).is_file():
             s = json.loads((path / CONFIG_NAME).read_text())
             return cls(tokenizer, feature_extractor, VideoSettings(**_tuples(s["video"])), AudioSettings(**s["audio"]),
-                       s["default_system"], s["position_id_per_seconds"], s["seconds_per_chunk"])
-        return cls(tokenizer, feature_extractor, _qwen_video_settings(name_or_path, hub_kwargs),
-                   AudioSettings(num_mel_bins=feature_extractor.feature_size))
+                       s["default_system"], s["position_id_per_seconds"], s["seconds_per_chunk"],
+                       s.get("family", "qwen2_5"), s.get("n_window", 50))
+        found = checkpoint_settings(name_or_path, hub_kwargs)
+        if getattr(tokenizer, "chat_template", None) is None and found.chat_template:
+            tokenizer.chat_template = found.chat_template  # the processor's chat_template.json(.jinja)
+        audio = AudioSettings(num_mel_bins=feature_extractor.feature_size)
+        return cls(tokenizer, feature_extractor, found.video, audio,
+                   position_id_per_seconds=found.position_id_per_seconds, family=found.family, n_window=found.n_window)
 
 
 def _tuples(d: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-
-def _qwen_video_settings(name_or_path, hub_kwargs) -> VideoSettings:
-    """Video settings from a Qwen checkpoint's ``preprocessor_config.json`` (pixel budgets: the processor's
-    video defaults, 128-768 tokens per frame, which the checkpoint does not store)."""
-    from transformers.utils import cached_file
-
-    settings = VideoSettings()
-    found = cached_file(str(name_or_path), "preprocessor_config.json", _raise_exceptions_for_missing_entries=False,
-                        **hub_kwargs)
-    if found:
-        cfg = json.loads(Path(found).read_text())
-        for key in ("patch_size", "temporal_patch_size", "merge_size"):
-            if key in cfg:
-                setattr(settings, key, int(cfg[key]))
-        for key in ("image_mean", "image_std"):
-            if key in cfg:
-                setattr(settings, key, tuple(cfg[key]))
-    return settings
-

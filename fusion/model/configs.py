@@ -128,3 +128,29 @@ def scaled_config(name: str = "qwen2_5_omni_3b", text_hidden: int = 1024, text_l
     audio.d_model, audio.encoder_ffn_dim, audio.output_dim = audio_hidden, 4 * audio_hidden, text_hidden
     audio.encoder_attention_heads = audio_hidden // 64
     return config
+
+
+def scaled_qwen3_config(name: str = "qwen3_omni_30b_a3b", text_hidden: int = 512, text_layers: int = 8, heads: int = 4,
+                        kv_heads: int = 2, experts: int = 32, vision_depth: int = 4, vision_hidden: int = 256,
+                        audio_layers: int = 4, audio_hidden: int = 256) -> Qwen3OmniMoeThinkerConfig:
+    """Qwen3-Omni's published config shrunk for CPU runs: same token ids, patching, interleaved MRoPE, vocab, head dim
+    128 and 8 active experts; the expert width shrinks with the decoder (``moe_intermediate_size * D'/D``) and the pool
+    to ``experts`` (the active FFN width, not the pool, sets the compute); DeepStack keeps its three taps, on the last
+    three vision layers."""
+    config = real_config(name)
+    text, vision, audio = config.text_config, config.vision_config, config.audio_config
+    ratio = text_hidden / text.hidden_size
+    text.hidden_size, text.num_hidden_layers = text_hidden, text_layers
+    text.num_attention_heads, text.num_key_value_heads = heads, kv_heads
+    text.num_experts = experts
+    text.moe_intermediate_size = round(text.moe_intermediate_size * ratio)
+    text.intermediate_size = round(text.intermediate_size * ratio)
+    if getattr(text, "layer_types", None):
+        text.layer_types = text.layer_types[:text_layers]
+    vision.depth, vision.hidden_size, vision.intermediate_size = vision_depth, vision_hidden, 4 * vision_hidden
+    vision.num_heads, vision.out_hidden_size = vision_hidden // 64, text_hidden
+    vision.deepstack_visual_indexes = list(range(vision_depth - 3, vision_depth))
+    audio.encoder_layers = audio.num_hidden_layers = audio_layers
+    audio.d_model, audio.encoder_ffn_dim, audio.output_dim = audio_hidden, 4 * audio_hidden, text_hidden
+    audio.encoder_attention_heads = audio_hidden // 64
+    return config

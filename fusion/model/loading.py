@@ -33,6 +33,20 @@ def tiny_processor(video=None):
     return OmniProcessor(build_word_tokenizer(), features, video, default_system=DEFAULT_SYSTEM)
 
 
+def tiny_qwen3_processor(video=None):
+    """The offline Qwen3-Omni-layout processor matching :func:`tiny_qwen3_config`: the same word-level tokenizer and
+    128-bin Whisper features as :func:`tiny_processor`, patch 16 (frames capped at 4x4 merged tokens per grid, 128 px),
+    13 audio tokens and 13 time ids per second, audio merged into the video block by time id (what
+    ``transformers.Qwen3OmniMoeProcessor`` writes; ``fusion.model.layout_qwen3``)."""
+    from fusion.data.processor import OmniProcessor, qwen3_video_settings
+    from fusion.data.tokenizer import DEFAULT_SYSTEM, build_word_tokenizer
+
+    features = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, n_fft=400)
+    video = video or qwen3_video_settings(min_pixels=4 * 32 * 32, max_pixels=16 * 32 * 32)
+    return OmniProcessor(build_word_tokenizer(), features, video, default_system=DEFAULT_SYSTEM,
+                         position_id_per_seconds=13, family="qwen3", n_window=50)
+
+
 def build_random_thinker(config, seed: int = 0, dtype: torch.dtype | None = None,
                          attn_implementation: str = "sdpa") -> CompressedThinker | CompressedQwen3Thinker:
     """A thinker of the real HF class with seeded random weights (Qwen3-Omni for a ``qwen3_omni_moe_thinker``
@@ -94,11 +108,12 @@ def load_model(
     Args:
         name_or_path: ``"toy"`` (the pre-trained ToyWorld backbone shipped in the package), ``"toy_long"`` (the
             ToyWorld-Long one), ``"tiny-random"``
-            (tests), ``"tiny-random-qwen3"`` (tests of Qwen3-Omni; processor None),
+            (tests), ``"tiny-random-qwen3"`` (tests of Qwen3-Omni, with its offline Qwen3-layout processor),
             ``"qwen2_5_omni_3b"``/``"qwen2_5_omni_7b"``/``"qwen3_omni_30b_a3b"`` or a thinker
             config JSON (random weights at that size, for benchmarks; processor is None), or a hub id /
             local directory of a Qwen2.5-Omni or Qwen3-Omni checkpoint (e.g. ``Qwen/Qwen2.5-Omni-7B``,
-            ``Qwen/Qwen3-Omni-30B-A3B-Instruct``: the thinker only, with the stock Qwen3 processor).
+            ``Qwen/Qwen3-Omni-30B-A3B-Instruct``: the thinker only, with :class:`~fusion.data.processor.OmniProcessor`
+            built from the checkpoint's files in its family's layout).
         method: registry name of the compressor (``fusion.METHODS``); ``"none"`` keeps everything; ``"fusion"``
             is the learned block (untrained without ``adapter``).
         retention: fraction of audio/video tokens kept, in (0, 1]; default 1.0, or with an adapter the
@@ -140,22 +155,18 @@ def load_model(
     elif name == TINY:
         processor = tiny_processor()
         model = build_random_thinker(tiny_config(processor.tokenizer), seed, dtype, attn_implementation)
-    elif name == TINY_QWEN3:  # inputs: fusion.testing_qwen3.random_qwen3_inputs (no Qwen3 processor offline)
-        model = build_random_thinker(tiny_qwen3_config(tiny_processor().tokenizer), seed, dtype,
-                                     attn_implementation)
-        processor = None
+    elif name == TINY_QWEN3:
+        processor = tiny_qwen3_processor()
+        model = build_random_thinker(tiny_qwen3_config(processor.tokenizer), seed, dtype, attn_implementation)
     elif name in REAL_CONFIGS or name.endswith(".json"):
         model, processor = build_random_thinker(real_config(name), seed, dtype, attn_implementation), None
     else:
+        from fusion.data.processor import OmniProcessor
+
         model = load_pretrained_thinker(name, dtype, attn_implementation, trust_remote_code=trust_remote_code)
-        if isinstance(model, CompressedQwen3Thinker):  # Qwen3-Omni's layout is the stock processor's
-            from transformers import Qwen3OmniMoeProcessor
-
-            processor = Qwen3OmniMoeProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
-        else:
-            from fusion.data.processor import OmniProcessor
-
-            processor = OmniProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+        # the checkpoint's own files; the layout (Qwen2.5's chunks or Qwen3's merge) follows its config
+        processor = OmniProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+        _check_family(model, processor, name)
     if adapter is not None:
         from fusion.block.adapter import load_adapter
 
@@ -164,6 +175,18 @@ def load_model(
         if hasattr(compressor, "bind"):  # the learned block: a trainable submodule at the backbone's width and dtype
             compressor = compressor.bind(model.config).to(dtype=next(model.parameters()).dtype)
         model.set_compressor(compressor)
+        hook = model.llm_hook()
+        if hook is not None:  # e.g. FastV on Qwen3-Omni: refused now, not at the first request
+            model._check_llm_hook(hook)
     if device is not None:
         model.to(device)
     return model.eval(), processor
+
+
+def _check_family(model, processor, name: str) -> None:
+    """A Qwen3 thinker needs the Qwen3 layout and a Qwen2.5 thinker the Qwen2.5 one (a saved processor could differ)."""
+    want = "qwen3" if isinstance(model, CompressedQwen3Thinker) else "qwen2_5"
+    if processor.family != want:
+        raise ModelLoadError(f"{name!r} holds a {type(model).__name__} but its processor files describe the "
+                             f"{processor.family!r} layout; save the processor of the same family next to the weights "
+                             f"(OmniProcessor(..., family={want!r}).save_pretrained)")
