@@ -24,6 +24,14 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def tiny3():
+    """``(model, processor)``: the tiny random Qwen3-Omni thinker with method 'none' and its offline processor."""
+    from fusion import load_model
+
+    return load_model("tiny-random-qwen3")
+
+
+@pytest.fixture(scope="session")
 def stock(tiny):
     """The stock HF thinker class with exactly the tiny model's weights."""
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration

@@ -13,12 +13,15 @@ from fusion.model.layout import SpecialIds, av_block_ids
 from fusion.tokens import Modality
 
 
-@pytest.mark.parametrize("size", [(56, 84), (60, 90), (100, 150)])
-def test_patches_equal_transformers_qwen2vl_processor(tiny, size):
-    """A still frame repeated over one temporal patch gives exactly the image processor's patches."""
-    processor = tiny[1]
+@pytest.mark.parametrize("family, size", [("tiny", (56, 84)), ("tiny", (60, 90)), ("tiny", (100, 150)),
+                                          ("tiny3", (64, 96)), ("tiny3", (70, 100)), ("tiny3", (130, 150))])
+def test_patches_equal_transformers_qwen2vl_processor(request, family, size):
+    """A still frame repeated over one temporal patch gives exactly the image processor's patches (Qwen2.5-Omni:
+    patch 14; Qwen3-Omni: patch 16)."""
+    processor = request.getfixturevalue(family)[1]
     image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
-    ref = Qwen2VLImageProcessorPil(min_pixels=processor.video.min_pixels, max_pixels=processor.video.max_pixels)(
+    v = processor.video
+    ref = Qwen2VLImageProcessorPil(patch_size=v.patch_size, min_pixels=v.min_pixels, max_pixels=v.max_pixels)(
         images=[image], return_tensors="pt")
     ours, grid = processor.preprocess_video(np.stack([image, image]))
     assert list(grid) == ref["image_grid_thw"][0].tolist()

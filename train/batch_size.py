@@ -66,3 +66,8 @@ def plan_batches(micro_batch_size: int, grad_accum: int | None, global_batch_siz
                           f" ({micro_batch_size}) x {world} rank(s) = {per_forward}, so the ranks cannot accumulate "
                           f"whole micro-batches; with {world} rank(s) {hint}")
     return BatchPlan(micro_batch_size, global_batch_size // per_forward, world)
+
+
+def plan_of(train, world: int) -> BatchPlan:
+    """:func:`plan_batches` of a :class:`train.config.TrainConfig` on ``world`` ranks."""
+    return plan_batches(train.micro_batch_size, train.grad_accum, train.global_batch_size, world)

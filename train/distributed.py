@@ -13,7 +13,7 @@ import torch
 
 from fusion.errors import ConfigError
 from fusion.model.configs import REPO_ROOT
-from train.batch_size import plan_batches
+from train.batch_size import plan_of
 
 
 def single_process_env() -> None:
@@ -55,7 +55,7 @@ def _find_auto(value: Any, key: str) -> str | None:
 def deepspeed_config(cfg, world_size: int, bf16: bool, config_file: str | Path | None = None) -> dict[str, Any]:
     """The DeepSpeed config dict: the YAML's ``deepspeed`` (a JSON path or inline mapping) plus the values the
     recipe owns (micro batch, accumulation, clipping, bf16), which the JSON must not contradict. The batch sizes are
-    :func:`train.batch_size.plan_batches` of ``world_size`` ranks.
+    :func:`train.batch_size.plan_of` on ``world_size`` ranks.
 
     Raises :class:`ConfigError` for ``"auto"`` values (only the HF Trainer resolves them), an ``optimizer`` or
     ``scheduler`` section (the recipe passes a client torch AdamW and its schedule), or a conflicting value.
@@ -80,7 +80,7 @@ def deepspeed_config(cfg, world_size: int, bf16: bool, config_file: str | Path |
         if section in base:
             raise ConfigError(f"deepspeed.{section}: remove it; the recipe passes a torch AdamW (no JIT op) and its "
                               "schedule from optim.*")
-    plan = plan_batches(cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.train.global_batch_size, world_size)
+    plan = plan_of(cfg.train, world_size)
     accum_origin = ("train.global_batch_size / (train.micro_batch_size * world size)"
                     if cfg.train.global_batch_size is not None else "train.grad_accum")
     owned = {

@@ -87,7 +87,7 @@ class FusionRecipe:
     def setup(self) -> None:
         import yaml
 
-        from train.batch_size import plan_batches
+        from train.batch_size import plan_of
         from train.checkpoint import latest_checkpoint, load_checkpoint
         from train.distributed import deepspeed_config, initialize
         from train.export import recover
@@ -111,8 +111,7 @@ class FusionRecipe:
             torch.cuda.set_device(self.device)
 
         ds_config = deepspeed_config(cfg, self.world, self.bf16, self.config_file)  # fail fast, before loading
-        self.plan = plan_batches(cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.train.global_batch_size,
-                                 self.world)
+        self.plan = plan_of(cfg.train, self.world)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             recover(self.run_dir / "adapter")  # what a kill during a previous export left
