@@ -11,11 +11,11 @@ import torch
 
 from fusion import METHODS
 from fusion.block.split import proportional_distance, split_cost, split_counts, split_keep
-from fusion.errors import MethodConfigError
+from fusion.errors import InputMismatchError, MethodConfigError
 from fusion.model.keep import apply_keep
 from fusion.testing import random_inputs
 from train.loss import per_sample_cross_entropy, pruned_labels
-from train.split_search import candidate_losses, split_loss
+from train.split_search import candidate_losses, scored_shares, split_loss
 
 SMALL = {"dim": 32, "heads": 4, "scorer_hidden": 16, "instruction": True}
 
@@ -89,14 +89,15 @@ def test_the_head_starts_proportional_and_its_trained_choice_is_what_is_kept(tin
     assert torch.equal(kept_video + kept_audio, torch.ceil((n_v + n_a).double() * 0.25 - 1e-9).long())
 
 
-def test_candidate_losses_equal_running_each_split_through_the_model(tiny):
+@pytest.mark.parametrize("retention", [0.25, 0.6])  # at 0.6 shares 1/2 and 1 both keep every video token
+def test_candidate_losses_equal_running_each_split_through_the_model(tiny, retention):
     model = tiny[0]
-    block = _block(model, 0.25, split_shares=[0.0, 0.5, 1.0])
+    block = _block(model, retention, split_shares=[0.0, 0.5, 1.0])
     model.set_compressor(block)
     try:
         inputs = random_inputs(model, seconds=5, batch_size=2, seed=3, padding_side="right")
         labels = _answer_labels(inputs)
-        losses = candidate_losses(model, block, inputs, labels)  # (B, S)
+        losses, tokens = candidate_losses(model, block, inputs, labels)  # (B, S)
         assert losses.shape == (2, 3) and not losses.requires_grad
         with torch.no_grad():
             tokens = model.build_tokens(**inputs)
@@ -113,8 +114,41 @@ def test_candidate_losses_equal_running_each_split_through_the_model(tiny):
                 _, expect = per_sample_cross_entropy(model.lm_head(hidden), pruned_labels(labels, pruned.source_index))
                 torch.testing.assert_close(losses[:, s], expect)
         assert not torch.allclose(losses[:, 0], losses[:, 2])  # the splits really differ
+        assert (retention == 0.6) == bool((k_video[:, 1] == k_video[:, 2]).all())  # the deduplicated case is run
+        with torch.no_grad():  # the gradient step reuses the search's tokens: the same forward, encoders skipped
+            torch.testing.assert_close(model(**inputs, av_tokens=tokens).logits, model(**inputs).logits)
+            other = random_inputs(model, seconds=3, batch_size=2, seed=4, padding_side="right")
+            with pytest.raises(InputMismatchError, match="other input_ids"):
+                model(**other, av_tokens=tokens)
     finally:
         model.set_compressor(METHODS.build("none"))
+
+
+def test_a_sampled_search_scores_only_the_drawn_shares_and_their_twins(tiny):
+    model = tiny[0]
+    block = _block(model, 0.6, split_shares=[0.0, 0.5, 1.0])  # at 0.6 shares 1/2 and 1 keep the same video tokens
+    model.set_compressor(block)
+    try:
+        inputs = random_inputs(model, seconds=5, batch_size=2, seed=3, padding_side="right")
+        labels = _answer_labels(inputs)
+        full, _ = candidate_losses(model, block, inputs, labels)  # (B, S)
+        scored = torch.tensor([[True, False, False], [False, False, True]])
+        sampled, _ = candidate_losses(model, block, inputs, labels, scored)
+    finally:
+        model.set_compressor(METHODS.build("none"))
+    expect = scored | torch.tensor([[False, False, False], [False, True, True]])  # sample 1: share 1/2 twins 1
+    assert torch.equal(~sampled.isnan(), expect)
+    torch.testing.assert_close(sampled[expect], full[expect])
+    predicted = torch.zeros(2, 3)  # the regression averages over the scored entries alone
+    torch.testing.assert_close(split_loss(predicted, sampled), (full[expect] ** 2).mean())
+
+
+def test_scored_shares_draws_that_many_distinct_shares_per_sample():
+    drawn = scored_shares(64, 9, 3, torch.Generator().manual_seed(0))
+    assert drawn.shape == (64, 9) and torch.equal(drawn.sum(1), torch.full((64,), 3))
+    assert drawn.any(0).all()  # every share gets drawn
+    assert torch.equal(drawn, scored_shares(64, 9, 3, torch.Generator().manual_seed(0)))
+    assert scored_shares(4, 9, None, torch.Generator()) is None and scored_shares(4, 9, 9, torch.Generator()) is None
 
 
 def test_the_split_loss_trains_the_head_to_predict_each_shares_loss(tiny):
@@ -185,3 +219,13 @@ def test_the_trainer_forces_an_exploring_share_for_one_training_forward(tiny):
     assert (forced.keep & tokens.video_mask).sum(1).tolist() == [int(k_video[0, 2]), int(k_video[1, head[1]])]
     assert block.forced_split is None
     assert torch.equal((again.keep & tokens.video_mask).sum(1), k_video.gather(1, head[:, None])[:, 0])
+
+
+def test_a_split_scored_below_one_is_a_config_error():
+    from fusion.config import load_config
+    from fusion.errors import ConfigError
+    from train.config import RunConfig
+
+    with pytest.raises(ConfigError, match="split_scored must be a number of shares >= 1 or null, got 0"):
+        load_config(RunConfig, "configs/fusion.yaml", ["loss.split_scored=0"])
+    assert load_config(RunConfig, "configs/fusion.yaml", ["loss.split_scored=3"]).loss.split_scored == 3

@@ -10,8 +10,8 @@ cores, almost all of it the imports of 5 rank and 4 launcher processes):
 * ``zero3``: 2 ranks with ``configs/deepspeed/zero3.json`` (``fusion.split=off``: the searched split's extra
   language-model passes cost seconds per step under ZeRO-3 on CPU).
 
-``one`` and ``two`` use the searched split (per-sample exploration draws) and LoRA dropout, so the curves only agree
-if that randomness follows the global sample position, not the rank.
+``one`` and ``two`` use the searched split (per-sample exploration draws, 4 of its shares scored per sample) and LoRA
+dropout, so the curves only agree if that randomness follows the global sample position, not the rank.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ COMMON = ["--config", "configs/fusion.yaml", "model.name=tiny-random", "data.sou
           "fusion.scorer_hidden=16", "fusion.instruction=true", "data.synthetic.n_samples=12", f"train.steps={STEPS}",
           f"train.save_every={STEPS}", "train.log_every=1", "train.micro_batch_size=2", "train.global_batch_size=8",
           "train.bf16=false", "lora.dropout=0.1", "optim.warmup_steps=0", "optim.lr=5e-3", "optim.block_lr=5e-3",
-          "train.progress=false", "wandb.enabled=false", "train.retentions=[0.5,0.25]"]
+          "train.progress=false", "wandb.enabled=false", "train.retentions=[0.5,0.25]", "loss.split_scored=4"]
 ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
                "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu",
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}

@@ -231,12 +231,18 @@ class LossConfig:
     split_explore: float = 0.5
     """Probability that a sample's gradient step uses a uniformly random candidate share instead of the head's
     (LoRA then learns every split; without it the head's first choice confirms itself)."""
+    split_scored: int | None = None
+    """Candidate shares scored per sample and step (uniformly drawn, answer-free; the regression averages over those
+    alone): the search costs split_scored / S of scoring all S. None: every share."""
 
     def __post_init__(self) -> None:
         if self.kd_weight < 0 or not self.kd_temperature > 0:
             raise invalid("kd_weight", "kd_weight must be >= 0 and kd_temperature > 0")
         if self.split_weight < 0 or not 0 <= self.split_explore <= 1:
             raise invalid("split_weight", "split_weight must be >= 0 and split_explore in [0, 1]")
+        if self.split_scored is not None and self.split_scored < 1:
+            raise invalid("split_scored", f"split_scored must be a number of shares >= 1 or null, got "
+                                          f"{self.split_scored!r}")
 
 
 @dataclass

@@ -181,10 +181,12 @@ class FusionRecipe:
             torch.manual_seed(position_seed(cfg.train.seed, start, "noise"))
             teacher = losses.teacher_logits(self.engine.module, batch) if cfg.loss.kd else None
             block = split_search.active_block(self.fusion_blocks()) if searched else None
-            candidates = split_search.candidate_losses(self.thinker, block, batch, labels) if searched else None
-            if candidates is not None:
+            candidates = tokens = None
+            if searched:
+                scored = self.scored_shares(start, len(labels), len(cfg.fusion.split_shares))
+                candidates, tokens = split_search.candidate_losses(self.thinker, block, batch, labels, scored)
                 block.force_split(self.exploring_shares(start, candidates.shape[0], candidates.shape[1]))
-            out = self.engine(**batch)
+            out = self.engine(**batch, av_tokens=tokens)
             aligned = losses.pruned_labels(labels, out.source_index)
             ce = losses.cross_entropy(out.logits, aligned)
             kd = torch.zeros((), device=ce.device)
@@ -226,6 +228,21 @@ class FusionRecipe:
         seed, explore = self.cfg.train.seed, self.cfg.loss.split_explore
         return torch.cat([exploring_share(1, n_shares, explore,
                                           torch.Generator().manual_seed(position_seed(seed, start + i, "explore")))
+                          for i in range(batch_size)])
+
+    def scored_shares(self, start: int, batch_size: int, n_shares: int) -> torch.Tensor | None:
+        """``(B, S)`` the shares the search scores for the micro-batch at stream positions ``start ..``
+        (``loss.split_scored`` of them per sample, each sample's draw keyed by its position, as in
+        :meth:`exploring_shares`), or None: all."""
+        from train.order import position_seed
+        from train.split_search import scored_shares
+
+        n_scored = self.cfg.loss.split_scored
+        if n_scored is None:
+            return None
+        return torch.cat([scored_shares(1, n_shares, n_scored,
+                                        torch.Generator().manual_seed(position_seed(self.cfg.train.seed, start + i,
+                                                                                    "search")))
                           for i in range(batch_size)])
 
     def fusion_blocks(self) -> list:

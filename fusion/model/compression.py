@@ -225,15 +225,23 @@ class CompressionMixin:
         return tokens
 
     def compress(self, input_ids: Tensor, labels: Tensor | None = None, padding_side: str | None = None,
-                 **media) -> PrunedBatch:
+                 av_tokens: AVTokens | None = None, **media) -> PrunedBatch:
         """Encode, select and slice once. Records ``last_stats`` and the rope deltas for cache decoding.
 
         The pruned batch is padded on ``padding_side``; None = the side ``media["attention_mask"]`` is padded on
-        (:func:`~fusion.model.padding.padding_side_of`; no padding counts as right).
+        (:func:`~fusion.model.padding.padding_side_of`; no padding counts as right). ``av_tokens``: what
+        :meth:`build_tokens` returned for these same inputs (the trainer's split search builds them once per
+        micro-batch: the encoders are frozen), else they are built here.
         """
         padding_side = self._padding_side(padding_side, media.get("attention_mask"))
         compressor = self.compressor
-        tokens = self.build_tokens(input_ids, requires=getattr(compressor, "requires", frozenset()), **media)
+        if av_tokens is None:
+            tokens = self.build_tokens(input_ids, requires=getattr(compressor, "requires", frozenset()), **media)
+        elif av_tokens.input_ids.shape != input_ids.shape or not torch.equal(av_tokens.input_ids, input_ids):
+            raise InputMismatchError("av_tokens were built from other input_ids: pass the build_tokens output of "
+                                     "this very batch, or leave av_tokens out")
+        else:
+            tokens = av_tokens
         selection = compressor(tokens)
         pad = self.config.get_text_config().pad_token_id or 0
         pruned = apply_keep(tokens, selection, labels=labels, padding_side=padding_side, pad_token_id=pad)
@@ -274,6 +282,7 @@ class CompressionMixin:
         padding_side: str | None = None,
         visual_pos_masks: Tensor | None = None,
         deepstack_visual_embeds: list[Tensor] | None = None,
+        av_tokens: AVTokens | None = None,
         **kwargs,
     ) -> CompressedOutput:
         """Same arguments as the HF thinker (plus ``logits_to_keep``); media prefill goes through the hook.
@@ -283,6 +292,7 @@ class CompressionMixin:
         ``logits[:, -1]`` of a left-padded batch is every row's last token, as with the stock thinker; at retention
         1.0 the logits equal the stock thinker's position for position. ``visual_pos_masks`` /
         ``deepstack_visual_embeds`` are what ``generate`` passes back for a pruned Qwen3-Omni prefix (not for callers).
+        ``av_tokens``: this batch's :meth:`build_tokens` output when the caller already has it (see :meth:`compress`).
         """
         has_media = any(x is not None for x in (input_features, pixel_values, pixel_values_videos))
         prefill = past_key_values is None or past_key_values.get_seq_length() == 0
@@ -298,7 +308,7 @@ class CompressionMixin:
                 video_second_per_grid=video_second_per_grid, input_features=input_features,
                 feature_attention_mask=feature_attention_mask, audio_feature_lengths=audio_feature_lengths,
                 pixel_values=pixel_values, image_grid_thw=image_grid_thw, use_audio_in_video=use_audio_in_video,
-                position_ids=position_ids,
+                position_ids=position_ids, av_tokens=av_tokens,
             )
             hook = self.llm_hook()
             if hook is not None:
