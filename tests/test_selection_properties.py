@@ -225,16 +225,7 @@ def test_every_method_has_a_case():
     assert set(METHODS) == covered, f"give these methods a Case (or a reason in EXCLUDED): {set(METHODS) - covered}"
 
 
-# Known bug (open): the learned-allocation ablation (fusion.allocation=true; not the shipped recipe) keeps other
-# tokens for an audio-heavy 1-frame sample batched beside longer video-only ones than for that sample alone
-# (hypothesis finds it from the fixed seed; 3 samples, left padding, r = 0.78). Until it is fixed the case runs
-# and reports, without failing the suite.
-KNOWN_BATCH_DEPENDENT = {"fusion-allocation": "allocation ablation: a row's selection depends on its batch (open bug)"}
-CASE_PARAMS = [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_BATCH_DEPENDENT[n], strict=False))
-               if n in KNOWN_BATCH_DEPENDENT else n for n in CASES]
-
-
-@pytest.mark.parametrize("name", CASE_PARAMS)
+@pytest.mark.parametrize("name", list(CASES))
 @PROPERTY_SETTINGS
 @given(specs=st.lists(samples(), min_size=1, max_size=3), side=st.sampled_from(["left", "right"]), data=st.data())
 def test_selection_contract(config, name, specs, side, data):

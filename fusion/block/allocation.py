@@ -84,10 +84,18 @@ def continuous_allocation(logits: Tensor, cells: CellLayout) -> Tensor:
     return size * rho  # a pool kept whole (r = 1): rho = 1 to float precision, and the rounding restores n_c
 
 
+ALLOCATION_GRID = 1024  # kappa is rounded to 1/1024 before the integer rounding (see integer_allocation)
+
+
 def integer_allocation(kappa: Tensor, cells: CellLayout) -> Tensor:
     """``(C,)`` long ``k_c``: ``floor(kappa_c)`` plus one for the cells with the largest remainders, as many as the
-    pool still misses, so that ``sum_{c in p} k_c = K_p`` exactly and ``0 <= k_c <= n_c`` (ties -> lower cell)."""
-    kappa = kappa.detach().float()
+    pool still misses, so that ``sum_{c in p} k_c = K_p`` exactly and ``0 <= k_c <= n_c`` (ties -> lower cell).
+
+    ``kappa`` is first rounded to a grid of ``1 / ALLOCATION_GRID``: cells at the same retention have remainders
+    equal in exact arithmetic (``n_c rho`` with one ``rho``) that differ by ~1e-5 in float32 depending on which
+    other samples share the batch (the bisection's sums); unrounded, that noise, not the cells, broke the tie, and a
+    sample kept other tokens batched than alone."""
+    kappa = torch.round(kappa.detach().float() * ALLOCATION_GRID) / ALLOCATION_GRID
     size = cells.cell_size
     base = torch.minimum(kappa.floor().long().clamp(min=0), size)  # (C,)
     missing = cells.pool_budget - torch.zeros_like(cells.pool_budget).index_add(0, cells.cell_pool, base)  # (P,)
