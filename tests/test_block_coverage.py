@@ -72,7 +72,8 @@ def test_float_noise_does_not_break_a_tie_between_equal_remainders():
     """Cells of one pool at the same rho: remainders 0.2857 each in exact arithmetic. The noise the batch adds
     (measured: 39.285706 batched vs 39.285717 alone) must not decide which cell gets the pool's last token."""
     cells = CellLayout(token_cell=torch.zeros(0, dtype=torch.long), cell_size=torch.tensor([4, 50, 50, 22]),
-                       cell_pool=torch.zeros(4, dtype=torch.long), cell_is_audio=torch.tensor([False, True, False, True]),
+                       cell_pool=torch.zeros(4, dtype=torch.long),
+                       cell_is_audio=torch.tensor([False, True, False, True]),
                        pool_size=torch.tensor([126]), pool_budget=torch.tensor([99]))
     batched = integer_allocation(torch.tensor([3.1428566, 39.285706, 39.285706, 17.285711]), cells)
     alone = integer_allocation(torch.tensor([3.1428573, 39.285717, 39.285717, 17.285715]), cells)
