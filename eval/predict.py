@@ -67,7 +67,8 @@ def warm_up(model, prepared: Prepared, cfg: EvalConfig, processor) -> None:
 
 
 def sample_flops(model, setting: Setting, steps: int) -> dict[str, list[float]]:
-    """Per-sample ``llm_prefill``, ``llm_decode`` and ``block`` FLOPs of the model's last call."""
+    """Per-sample ``llm_prefill``, ``llm_decode`` and ``block`` (the selection's own: the learned block, or the
+    attention oracle's uncompressed teacher prefill) FLOPs of the model's last call."""
     thinker = thinker_of(model)
     text = thinker.config.get_text_config()
     stats = thinker.last_stats
@@ -78,6 +79,9 @@ def sample_flops(model, setting: Setting, steps: int) -> dict[str, list[float]]:
         compressor = thinker.compressor
         video, audio, question = group_counts(thinker.last_tokens, compressor.base.turn_end_token_id)
         block = block_flops(compressor.config, text.hidden_size, video, audio, question)
+    elif setting.method == "attention_oracle":  # its teacher is one more, uncompressed, prefill: counted as selection
+        full = thinker.last_tokens.attention_mask.sum(1)[:, None].expand_as(per_layer)  # (B, T)
+        block = llm_flops(full, text.hidden_size, ffn_width(text), steps)[0]
     return {"llm_prefill": prefill.tolist(), "llm_decode": decode.tolist(), "block": block.tolist()}
 
 

@@ -44,6 +44,21 @@ def test_fastv_flops_use_the_layers_token_counts(with_method, tiny):
     assert flops["block"] == [0.0, 0.0]
 
 
+def test_the_attention_oracles_teacher_prefill_counts_as_its_selection_flops(with_method, tiny):
+    model = with_method("attention_oracle", 0.25)
+    with torch.no_grad():
+        model(**random_inputs(model, seconds=4, batch_size=2, seed=1))
+    stats = model.last_stats
+    full, kept = stats.sequence_before.tolist(), stats.sequence_after.tolist()
+    text = model.config.get_text_config()
+    d, m, T = text.hidden_size, text.intermediate_size, text.num_hidden_layers
+    flops = sample_flops(model, Setting(name="attention_oracle", key="attention_oracle", method="attention_oracle"),
+                         steps=5)
+    c = lambda n: 4 * n * d * d + 2 * n * n * d + 2 * n * d * m  # noqa: E731
+    assert flops["llm_prefill"] == [T * c(k) for k in kept] and flops["block"] == [T * c(f) for f in full]
+    assert all(k < f for k, f in zip(kept, full))
+
+
 def test_block_flops_golden_values():
     cfg = FusionConfig(dim=2, heads=1, layers=1, neighbours=1, scorer_hidden=3)
     video, audio = torch.tensor([[2, 3], [4, 0]]), torch.tensor([[1, 2], [0, 0]])

@@ -38,6 +38,7 @@ from hypothesis import strategies as st
 from fusion import METHODS
 from fusion.errors import MissingModalityError, RetentionError
 from fusion.model.keep import apply_keep
+from fusion.model.lm_attention import LM_ATTENTION
 from fusion.model.padding import padded_on
 from fusion.model.synthetic import synthetic_tokens
 from fusion.pruners.budget import Budget, budget_pools
@@ -170,6 +171,8 @@ CASES = {
     "fusion": Case("fusion", {"dim": 32, "scorer_hidden": 32}, per_pool("joint")),
     "fusion-modality": Case("fusion", {"budget": "modality", "dim": 32, "scorer_hidden": 32}, per_pool("modality")),
     "fusion-allocation": Case("fusion", {"allocation": True, "dim": 32, "scorer_hidden": 32}, per_pool("joint")),
+    "attention_oracle": Case("attention_oracle", budget=per_pool("joint")),
+    "attention_oracle-modality": Case("attention_oracle", {"budget": "modality"}, per_pool("modality")),
 }
 EXCLUDED = {
     "evidence_oracle": "needs ToyWorld scene annotations (which tokens hold the evidence), not a random layout",
@@ -203,6 +206,7 @@ def _sample_tokens(config, spec: dict) -> AVTokens:
     for key in SCORE_KEYS:  # attention received in the audio encoder, NaN off audio
         scores = torch.rand(tokens.input_ids.shape, generator=g)
         tokens.extras[key] = torch.where(tokens.audio_mask, scores, torch.full_like(scores, float("nan")))
+    tokens.extras[LM_ATTENTION] = torch.rand(tokens.input_ids.shape, generator=g)  # the LLM's attention teacher
     return tokens
 
 

@@ -26,6 +26,7 @@ from fusion.model.hooked_generate import hooked_generate
 from fusion.model.hooked_lm import hooked_forward
 from fusion.model.keep import PrunedBatch, apply_keep
 from fusion.model.layout import SpecialIds
+from fusion.model.lm_attention import LM_ATTENTION, last_position_attention
 from fusion.model.packed_attention import use_packed_encoder_attention
 from fusion.model.padding import check_padding_side, padding_side_of
 from fusion.model.soft_mask import soft_attention_mask
@@ -218,6 +219,8 @@ class CompressionMixin:
                 video_second_per_grid,
             )
         tokens = annotate_tokens(embeds, input_ids, attention_mask, position_ids, video_grid_thw, self.config)
+        if LM_ATTENTION in requires:  # the attention teacher (attention_oracle): one uncompressed LM pass
+            tokens.extras[LM_ATTENTION] = last_position_attention(self, tokens)
         for mode, scores in audio_scores.items():
             full = torch.full(input_ids.shape, float("nan"), device=embeds.device)
             full[input_ids == ids.audio] = scores.to(full.device)

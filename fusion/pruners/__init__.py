@@ -4,6 +4,7 @@
 from fusion.block import method as _fusion_block  # noqa: F401  (registers the learned block as 'fusion')
 from fusion.data import evidence as _evidence  # noqa: F401  (registers ToyWorld's 'evidence_oracle')
 from fusion.pruners import (
+    attention_oracle,  # noqa: F401
     audio_attn,  # noqa: F401
     compose,  # noqa: F401
     divprune,  # noqa: F401
