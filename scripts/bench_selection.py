@@ -52,6 +52,7 @@ from fusion.errors import AVFusionError, RetentionError
 from fusion.model.audio_attention import MODES, attention_received
 from fusion.model.configs import real_config
 from fusion.model.layout import audio_tokens_for_frames
+from fusion.model.lm_attention import LM_ATTENTION
 from fusion.model.synthetic import synthetic_tokens
 from fusion.pruners import METHODS
 from fusion.tokens import AVTokens
@@ -213,6 +214,9 @@ def main() -> None:
             compressor, r = build(name, args.retention, params)
         except AVFusionError as err:
             rows.append([label, "–", *["–"] * 7, f"not built: {err}"])
+            continue
+        if LM_ATTENTION in getattr(compressor, "requires", frozenset()):  # attention_oracle
+            rows.append([label, "–", *["–"] * 7, "not timed: an oracle, its selection is a whole uncompressed prefill"])
             continue
         rows.append(selection_row(label, compressor, r, tokens, audio, args.repeats, layer_s, layers))
         print(" | ".join(str(c) for c in rows[-1]), flush=True)

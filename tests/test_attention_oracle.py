@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fusion import METHODS, load_model
-from fusion.errors import UnsupportedOptionError
+from fusion.errors import InputMismatchError, UnsupportedOptionError
 from fusion.model.lm_attention import LM_ATTENTION, last_position_attention
 from fusion.pruners.budget import keep_count
 from fusion.pruners.ranking import topk_mask
@@ -79,3 +79,11 @@ def test_a_qwen3_thinker_is_refused_with_a_typed_error(tiny3):
             model(**batch)
     finally:
         model.set_compressor(METHODS.build("none"))
+
+
+def test_tokens_built_without_the_teacher_are_a_typed_error(tiny):
+    model = tiny[0]
+    with torch.no_grad():
+        tokens = model.build_tokens(**random_inputs(model, seconds=3, batch_size=1, seed=0))  # requires nothing
+    with pytest.raises(InputMismatchError, match="run it through CompressedThinker"):
+        METHODS.build("attention_oracle", retention=0.25)(tokens)
