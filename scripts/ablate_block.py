@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Train the learned block's ablations by the recipe of ``configs/fusion.yaml`` (one override each) and score them
-next to the untrained block, the trained recipe and the evidence oracle, on one ToyWorld split.
+next to the untrained block, the trained recipe and the two oracles (evidence, attention), on one ToyWorld split.
 
     python scripts/ablate_block.py --split val                 # choosing a recipe: the validation split
     python scripts/ablate_block.py --split test --steps 4000   # reporting, once
@@ -32,6 +32,7 @@ WORLDS = {
 #: name -> overrides of configs/fusion.yaml (the recipe itself is the empty override)
 ABLATIONS: dict[str, list[str]] = {
     "recipe": [],
+    "search-all": ["loss.split_scored=null"],
     "split-off": ["fusion.split=off"],
     "allocation-marginal": ["fusion.split=off", "fusion.allocation=true", "fusion.relaxation=marginal"],
     "allocation-soft": ["fusion.split=off", "fusion.allocation=true", "fusion.relaxation=soft",
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         keys = ("dim", "heads", "layers", "neighbours", "scorer_hidden", "instruction", "standardise", "allocation",
                 "split", "split_shares", "split_prior")
         methods.insert(0, {"method": "fusion", "name": "fusion-untrained", "params": {k: recipe[k] for k in keys}})
+    methods.insert(0, {"method": "attention_oracle", "params": {"budget": "joint"}})
     methods.insert(0, {"method": "evidence_oracle", "params": {"budget": "joint"}})
     eval_dir = root / f"eval_{args.split}"
     run(["python", "eval/run.py", "--config", eval_config, f"methods={json.dumps(methods)}",
