@@ -85,5 +85,5 @@ def test_tokens_built_without_the_teacher_are_a_typed_error(tiny):
     model = tiny[0]
     with torch.no_grad():
         tokens = model.build_tokens(**random_inputs(model, seconds=3, batch_size=1, seed=0))  # requires nothing
-    with pytest.raises(InputMismatchError, match="run it through CompressedThinker"):
+    with pytest.raises(InputMismatchError, match="run the method through CompressedThinker"):
         METHODS.build("attention_oracle", retention=0.25)(tokens)

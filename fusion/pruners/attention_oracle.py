@@ -9,9 +9,8 @@ Needs a Qwen2.5-Omni thinker (``sdpa`` or ``eager``); it computes the rows itsel
 
 from __future__ import annotations
 
-from fusion.errors import InputMismatchError
 from fusion.model.lm_attention import LM_ATTENTION
-from fusion.pruners.base import Compressor, select_by_scores
+from fusion.pruners.base import Compressor, required_extra, select_by_scores
 from fusion.pruners.budget import Budget
 from fusion.pruners.registry import METHODS
 from fusion.tokens import AVTokens, Selection
@@ -36,11 +35,6 @@ class AttentionOracle(Compressor):
     def select(self, tokens: AVTokens) -> Selection:
         if self.retention >= 1.0:
             return tokens.keep_all()
-        scores = tokens.extras.get(LM_ATTENTION)
-        if scores is None:
-            raise InputMismatchError(
-                f"attention_oracle needs tokens.extras[{LM_ATTENTION!r}] (the uncompressed LLM's attention from the "
-                f"last prompt token), which the thinker computes only when the compressor's `requires` names it; run "
-                f"it through CompressedThinker (set_compressor / load_model)"
-            )
+        scores = required_extra(tokens, LM_ATTENTION, self.name,
+                                "the uncompressed LLM's attention from the last prompt token")
         return select_by_scores(tokens, scores, self.retention, self.budget)

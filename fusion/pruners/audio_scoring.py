@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from fusion.errors import InputMismatchError, MethodConfigError
+from fusion.pruners.base import required_extra
 from fusion.tokens import AVTokens
 
 SCORINGS = ("global", "window")
@@ -32,13 +33,7 @@ def scoring_key(scoring: str, method: str) -> str:
 
 def audio_scores(tokens: AVTokens, key: str, method: str) -> Tensor:
     """``(B, L)`` float32 attention received per audio token (NaN elsewhere), checked to be present and finite."""
-    scores = tokens.extras.get(key)
-    if scores is None:
-        raise InputMismatchError(
-            f"{method} needs tokens.extras[{key!r}] (attention received in the audio encoder's last layer), which the "
-            f"thinker computes only when the compressor's `requires` names it; run the method through "
-            f"CompressedThinker (set_compressor / load_model) or add that extra when building AVTokens by hand"
-        )
+    scores = required_extra(tokens, key, method, "attention received in the audio encoder's last layer")
     if scores.shape != tokens.input_ids.shape:
         raise InputMismatchError(
             f"tokens.extras[{key!r}] has shape {tuple(scores.shape)}; expected {tuple(tokens.input_ids.shape)} "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fusion.errors import MissingModalityError
+from torch import Tensor
+
+from fusion.errors import InputMismatchError, MissingModalityError
 from fusion.pruners.budget import Budget, budget_pools, keep_count
 from fusion.pruners.ranking import topk_mask
 from fusion.tokens import AVTokens, Selection
@@ -55,3 +57,16 @@ def select_by_scores(tokens: AVTokens, scores, retention: float, budget: Budget)
     for pool in budget_pools(tokens, budget):
         keep |= topk_mask(scores, pool, keep_count(pool.sum(1), retention))
     return Selection(keep=keep)
+
+
+def required_extra(tokens: AVTokens, key: str, method: str, what: str) -> Tensor:
+    """``tokens.extras[key]``, or a typed error saying how to get it (the thinker computes an extra only on request)."""
+    value = tokens.extras.get(key)
+    if value is None:
+        raise InputMismatchError(
+            f"{method} needs tokens.extras[{key!r}] ({what}), which the thinker computes only when the compressor's "
+            f"`requires` names it; run the method through CompressedThinker (set_compressor / load_model) or add "
+            f"that extra when building AVTokens by hand"
+        )
+    return value
+
