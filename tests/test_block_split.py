@@ -229,3 +229,18 @@ def test_a_split_scored_below_one_is_a_config_error():
     with pytest.raises(ConfigError, match="split_scored must be a number of shares >= 1 or null, got 0"):
         load_config(RunConfig, "configs/fusion.yaml", ["loss.split_scored=0"])
     assert load_config(RunConfig, "configs/fusion.yaml", ["loss.split_scored=3"]).loss.split_scored == 3
+
+
+def test_the_trainers_scored_shares_follow_the_sample_position_and_cover_all_when_asked_for_all():
+    from fusion.config import load_config
+    from train.config import RunConfig
+    from train.run import FusionRecipe
+
+    recipe = FusionRecipe.__new__(FusionRecipe)  # only the draws: no model, no data
+    recipe.cfg = load_config(RunConfig, "configs/fusion.yaml", ["loss.split_scored=3"])
+    drawn = recipe.scored_shares(8, 4, 9)  # (B, S) samples at stream positions 8 .. 11
+    assert drawn.shape == (4, 9) and drawn.sum(1).tolist() == [3, 3, 3, 3]
+    assert torch.equal(recipe.scored_shares(10, 2, 9), drawn[2:])  # a sample's draw depends on its position only
+    for n_scored in (9, 12):  # every share scored: no mask at all
+        recipe.cfg = load_config(RunConfig, "configs/fusion.yaml", [f"loss.split_scored={n_scored}"])
+        assert recipe.scored_shares(8, 4, 9) is None

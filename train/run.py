@@ -217,33 +217,33 @@ class FusionRecipe:
                            video_total=int(totals[4]), audio_kept=int(totals[5]), audio_total=int(totals[6]),
                            split=float(totals[7]))
 
-    def exploring_shares(self, start: int, batch_size: int, n_shares: int) -> torch.Tensor:
-        """The searched split's forced shares of the micro-batch at stream positions ``start ..``: sample ``i``'s
-        draw comes from its own generator, seeded by ``(train.seed, start + i)`` alone
+    def per_sample_draws(self, start: int, batch_size: int, purpose: str, draw) -> torch.Tensor:
+        """``draw(generator)`` for every sample of the micro-batch at stream positions ``start ..``, concatenated:
+        sample ``i``'s generator is seeded by ``(train.seed, start + i, purpose)`` alone
         (:func:`train.order.position_seed`), so 2 ranks draw what 1 rank does and a resumed run what the
         uninterrupted one did."""
         from train.order import position_seed
-        from train.split_search import exploring_share
 
-        seed, explore = self.cfg.train.seed, self.cfg.loss.split_explore
-        return torch.cat([exploring_share(1, n_shares, explore,
-                                          torch.Generator().manual_seed(position_seed(seed, start + i, "explore")))
+        return torch.cat([draw(torch.Generator().manual_seed(position_seed(self.cfg.train.seed, start + i, purpose)))
                           for i in range(batch_size)])
 
+    def exploring_shares(self, start: int, batch_size: int, n_shares: int) -> torch.Tensor:
+        """``(B,)`` the searched split's forced shares of the micro-batch at ``start`` (-1: the head's choice)."""
+        from train.split_search import exploring_share
+
+        explore = self.cfg.loss.split_explore
+        return self.per_sample_draws(start, batch_size, "explore",
+                                     lambda g: exploring_share(1, n_shares, explore, g))
+
     def scored_shares(self, start: int, batch_size: int, n_shares: int) -> torch.Tensor | None:
-        """``(B, S)`` the shares the search scores for the micro-batch at stream positions ``start ..``
-        (``loss.split_scored`` of them per sample, each sample's draw keyed by its position, as in
-        :meth:`exploring_shares`), or None: all."""
-        from train.order import position_seed
+        """``(B, S)`` the shares the search scores for the micro-batch at ``start`` (``loss.split_scored`` of them
+        per sample), or None: all of them."""
         from train.split_search import scored_shares
 
         n_scored = self.cfg.loss.split_scored
-        if n_scored is None:
+        if n_scored is None or n_scored >= n_shares:
             return None
-        return torch.cat([scored_shares(1, n_shares, n_scored,
-                                        torch.Generator().manual_seed(position_seed(self.cfg.train.seed, start + i,
-                                                                                    "search")))
-                          for i in range(batch_size)])
+        return self.per_sample_draws(start, batch_size, "search", lambda g: scored_shares(1, n_shares, n_scored, g))
 
     def fusion_blocks(self) -> list:
         """Every copy of the block PEFT holds (the trained one and the original), found once."""
