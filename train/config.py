@@ -155,6 +155,9 @@ class TrainConfig:
     """Retention schedule of the block while training: step s keeps ``retentions[s % len]`` (cycled, so a resumed
     run sees the same schedule); empty = ``fusion.retention`` every step. One adapter trained on, e.g., [0.1, 0.25]
     serves both budgets; the adapter still records ``fusion.retention`` as its default."""
+    token_cache_gib: float = 4.0
+    """Memory for the per-sample cache of the frozen encoders' tokens and TMRoPE ids (train/token_cache.py): each
+    sample's are built once, alone, and reused at every later visit; 0 = rebuild them every step."""
     probe: bool = True
     """At the end, save the trained model's answer-position logits on the first batch (final_probe.safetensors)."""
 
@@ -172,6 +175,8 @@ class TrainConfig:
             if self.global_batch_size < 1 or self.global_batch_size % self.micro_batch_size:
                 raise invalid("global_batch_size", f"must be a positive multiple of micro_batch_size="
                                                    f"{self.micro_batch_size}, got {self.global_batch_size}")
+        if not (math.isfinite(self.token_cache_gib) and self.token_cache_gib >= 0):
+            raise invalid("token_cache_gib", f"must be >= 0 (GiB; 0 disables the cache), got {self.token_cache_gib}")
         for r in self.retentions:
             if isinstance(r, bool) or not (isinstance(r, (int, float)) and math.isfinite(r) and 0 < r <= 1):
                 raise invalid("retentions", f"every entry must be in (0, 1] (the fraction KEPT), got {r!r}")

@@ -132,6 +132,7 @@ class FusionRecipe:
             print(f"[rank {self.rank}] train.resume=true but {self.run_dir} has no checkpoint: starting fresh",
                   flush=True)
         self.log = RunLogger(cfg, self.run_dir, self.main, self.start)
+        self.token_cache = self.build_token_cache()
         counts = trainable_summary(self.engine.module)
         self.log.info(f"trainable parameters: lora {counts['lora']:,} | block {counts['block']:,} | frozen "
                       f"{counts['frozen']:,} | ZeRO stage {self.engine.zero_optimization_stage()} | "
@@ -140,6 +141,17 @@ class FusionRecipe:
                       + (f" | resumed at step {self.start}" if self.start else ""))
 
     # ------------------------------------------------------------------ data
+    def build_token_cache(self):
+        """The per-sample cache of the frozen front (``train/token_cache.py``), or None: ``train.token_cache_gib``
+        is 0, or the block reads per-token extras (they are not cached)."""
+        from train.split_search import token_inputs
+        from train.token_cache import TokenCache
+
+        budget = int(self.cfg.train.token_cache_gib * 2**30)
+        if budget == 0 or any(block.requires for block in self.fusion_blocks()):
+            return None
+        return TokenCache(lambda index: self.batch([index]), lambda batch: token_inputs(self.thinker, batch), budget)
+
     def batch(self, indices: list[int]) -> dict:
         """Collated samples on the engine's device, float media in the engine's dtype."""
         batch = self.source.collate([self.source.example(i) for i in indices])
@@ -174,17 +186,19 @@ class FusionRecipe:
         searched = cfg.fusion.split == "searched"
         for micro in range(plan.accum):
             start = self.order.micro_batch_start(step, micro, self.rank, self.world, plan.accum, plan.micro)
-            batch = self.batch(self.order.positions(start, plan.micro))
+            indices = self.order.positions(start, plan.micro)
+            batch = self.batch(indices)
             labels = batch.pop("labels")
+            tokens = None if self.token_cache is None else self.token_cache.tokens(self.thinker, indices, batch)
             # dropout (and any other draw from torch's global generator) of this micro-batch: keyed by its stream
             # position, so the same micro-batch draws the same on any rank, any number of ranks, after a resume
             torch.manual_seed(position_seed(cfg.train.seed, start, "noise"))
             teacher = losses.teacher_logits(self.engine.module, batch) if cfg.loss.kd else None
             block = split_search.active_block(self.fusion_blocks()) if searched else None
-            candidates = tokens = None
+            candidates = None
             if searched:
                 scored = self.scored_shares(start, len(labels), len(cfg.fusion.split_shares))
-                candidates, tokens = split_search.candidate_losses(self.thinker, block, batch, labels, scored)
+                candidates, tokens = split_search.candidate_losses(self.thinker, block, batch, labels, scored, tokens)
                 block.force_split(self.exploring_shares(start, candidates.shape[0], candidates.shape[1]))
             out = self.engine(**batch, av_tokens=tokens)
             aligned = losses.pruned_labels(labels, out.source_index)
@@ -281,6 +295,8 @@ class FusionRecipe:
             if cfg.train.stop_after is not None and done == cfg.train.stop_after and done < cfg.train.steps:
                 self.log.info(f"stopping after step {done} (train.stop_after): no export, as if the job were killed")
                 return False
+        if self.token_cache is not None:
+            self.log.info(f"token cache: {self.token_cache.describe()}")
         self.set_retention(cfg.fusion.retention)  # the adapter's default, whatever the schedule ended on
         return True
 

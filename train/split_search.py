@@ -40,6 +40,11 @@ def _token_inputs(thinker) -> frozenset[str]:
     return _TOKEN_INPUTS
 
 
+def token_inputs(thinker, batch: dict) -> dict:
+    """The entries of a collated ``batch`` that ``thinker.build_tokens`` takes."""
+    return {k: v for k, v in batch.items() if k in _token_inputs(thinker)}
+
+
 def active_block(blocks: list):
     """The copy of the block PEFT trains (its parameters require grad), else the first one."""
     for block in blocks:
@@ -49,8 +54,8 @@ def active_block(blocks: list):
 
 
 @torch.no_grad()
-def candidate_losses(thinker, block, batch: dict, labels: Tensor,
-                     scored: Tensor | None = None) -> tuple[Tensor, AVTokens]:
+def candidate_losses(thinker, block, batch: dict, labels: Tensor, scored: Tensor | None = None,
+                     tokens: AVTokens | None = None) -> tuple[Tensor, AVTokens]:
     """``(B, S)`` answer cross-entropy of every sample under every candidate share (the model as it is now), and
     the batch's unpruned tokens (the gradient step reuses them: ``thinker(**batch, av_tokens=tokens)``; building
     them again -- frozen encoders and the TMRoPE ids -- was ~1/6 of a toy step on 2 CPU cores).
@@ -58,12 +63,13 @@ def candidate_losses(thinker, block, batch: dict, labels: Tensor,
     A sample is not run again under a share that keeps exactly what an earlier share keeps (the same clamped video
     count ``k_v``: at 25 % on ToyWorld the shares >= 5/8 all keep every video token); it gets that share's loss.
     ``scored``: ``(B, S)`` bool, the shares to score per sample (:func:`scored_shares`); the others are NaN (a share
-    keeping what a scored one keeps is scored too, for free). None: all.
+    keeping what a scored one keeps is scored too, for free). None: all. ``tokens``: the batch's unpruned tokens
+    when the caller has them (``train.token_cache``), else they are built here.
     """
     from fusion.model.keep import apply_keep
 
-    inputs = {k: v for k, v in batch.items() if k in _token_inputs(thinker)}
-    tokens = thinker.build_tokens(requires=block.requires, **inputs)
+    if tokens is None:
+        tokens = thinker.build_tokens(requires=block.requires, **token_inputs(thinker, batch))
     pad = thinker.config.get_text_config().pad_token_id or 0
     was_training = block.training
     block.eval()  # the hard selection, no straight-through gate
