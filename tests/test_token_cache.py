@@ -1,6 +1,6 @@
 """The trainer's per-sample token cache (train/token_cache.py): the assembled micro-batch equals build_tokens on it,
-entries are built alone (independent of the batch they first came in), reused, bounded by the budget, and a
-mismatched or left-padded batch is a typed error."""
+a sample's entry depends on its chunk alone (not on the batch it first came in), entries are reused, a set that
+does not fit the budget turns the cache off, and a mismatched or left-padded batch is a typed error."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from train.split_search import token_inputs
 from train.synthetic import SyntheticSource
 from train.token_cache import TokenCache
 
+SIZE, CHUNK = 6, 2
+
 
 @pytest.fixture(scope="module")
 def source(tiny):
     model, processor = tiny
-    return SyntheticSource(SyntheticConfig(n_samples=6, seconds_min=2, seconds_max=5), processor, model.config)
+    return SyntheticSource(SyntheticConfig(n_samples=SIZE, seconds_min=2, seconds_max=5), processor, model.config)
 
 
 def _batch(source, indices):
@@ -27,7 +29,12 @@ def _batch(source, indices):
 
 
 def _cache(model, source, budget=2**30):
-    return TokenCache(lambda i: _batch(source, [i]), lambda b: token_inputs(model, b), budget)
+    return TokenCache(lambda indices: _batch(source, indices), lambda b: token_inputs(model, b), SIZE, budget, CHUNK)
+
+
+def _built(model, source, indices):
+    with torch.no_grad():
+        return model.build_tokens(**token_inputs(model, _batch(source, indices)))
 
 
 def _assert_same_tokens(got, want):
@@ -39,46 +46,37 @@ def _assert_same_tokens(got, want):
 def test_the_assembled_batch_equals_build_tokens_on_it(tiny, source):
     model = tiny[0]
     cache = _cache(model, source)
-    with torch.no_grad():
-        for indices in ([0, 3, 5], [5, 1], [2, 0, 3, 4]):  # other partners, other padding widths
-            batch = _batch(source, indices)
-            _assert_same_tokens(cache.tokens(model, indices, batch), model.build_tokens(**token_inputs(model, batch)))
-    assert cache.misses == 6 and cache.hits == 3  # each sample built once; 0, 3, 5 reused
-    assert len(cache.entries) == 6
+    for indices in ([0, 3, 5], [5, 1], [2, 0, 3, 4]):  # other partners, other padding widths
+        _assert_same_tokens(cache.tokens(model, indices, _batch(source, indices)), _built(model, source, indices))
+    assert len(cache.entries) == SIZE and cache.bytes == sum(e.nbytes for e in cache.entries.values())
+    assert cache.misses == 3 and cache.hits == 6  # 0, 3, 5 each built their chunk; the rest came from the cache
 
 
-def test_an_entry_is_built_alone_so_it_does_not_depend_on_its_first_batch(tiny, source):
+def test_an_entry_depends_on_its_chunk_alone_not_on_its_first_batch(tiny, source):
     model = tiny[0]
     first, second = _cache(model, source), _cache(model, source)
     first.tokens(model, [4, 1], _batch(source, [4, 1]))
-    second.tokens(model, [2, 4, 0], _batch(source, [2, 4, 0]))
-    with torch.no_grad():
-        alone = model.build_tokens(**token_inputs(model, _batch(source, [4])))
+    second.tokens(model, [2, 0, 4], _batch(source, [2, 0, 4]))
+    chunk = _built(model, source, [4, 5])  # sample 4's chunk, built together
     for cache in (first, second):
-        assert torch.equal(cache.entries[4].embeds, alone.embeds[0])
-        assert torch.equal(cache.entries[4].position_ids, alone.position_ids[:, 0])
+        assert torch.equal(cache.entries[4].embeds, chunk.embeds[0, chunk.attention_mask[0].bool()])
+        assert torch.equal(cache.entries[4].position_ids, chunk.position_ids[:, 0, chunk.attention_mask[0].bool()])
 
 
-def test_the_budget_stops_adding_entries_but_every_batch_is_still_served(tiny, source):
+def test_a_set_larger_than_the_budget_turns_the_cache_off(tiny, source):
     model = tiny[0]
-    probe = _cache(model, source)
-    probe.tokens(model, [0], _batch(source, [0]))
-    one = probe.entries[0].nbytes
-    cache = _cache(model, source, budget=one)  # room for sample 0 (or one no larger) only
-    batch = _batch(source, [0, 1, 2])
-    cache.tokens(model, [0, 1, 2], batch)
-    assert list(cache.entries) == [0] and cache.bytes == one
-    with torch.no_grad():
-        want = model.build_tokens(**token_inputs(model, batch))
-    _assert_same_tokens(cache.tokens(model, [0, 1, 2], batch), want)
-    assert cache.hits == 1 and cache.misses == 5  # 1 and 2 are rebuilt: not cached
+    cache = _cache(model, source, budget=1000)  # far below six samples
+    assert cache.tokens(model, [0, 1], _batch(source, [0, 1])) is None
+    assert cache.off and not cache.entries and "off" in cache.describe()
+    assert cache.tokens(model, [2], _batch(source, [2])) is None and cache.misses == 1  # nothing built any more
+    assert _cache(model, source, budget=0).tokens(model, [0], _batch(source, [0])) is None
 
 
 def test_a_batch_of_other_samples_or_left_padding_is_a_typed_error(tiny, source):
     model = tiny[0]
     cache = _cache(model, source)
-    lengths = [int(_batch(source, [i])["attention_mask"].sum()) for i in range(6)]
-    pair = [0, next(i for i in range(6) if lengths[i] != lengths[0])]  # two lengths: the batch has padding
+    lengths = [int(_batch(source, [i])["attention_mask"].sum()) for i in range(SIZE)]
+    pair = [0, next(i for i in range(SIZE) if lengths[i] != lengths[0])]  # two lengths: the batch has padding
     batch = _batch(source, pair)
     with pytest.raises(InputMismatchError, match="not the sample cached under that index"):
         cache.tokens(model, pair[::-1], batch)

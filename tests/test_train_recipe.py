@@ -82,6 +82,7 @@ def test_launcher_run_writes_the_run_directory_and_log_lines(runs):
     assert "resolved config" in log and "ZeRO stage 2 | fp32 | world 1" in log
     assert [f"step {s}/{STEPS} | loss" in log for s in range(1, STEPS + 1)] == [True] * STEPS
     assert f"adapter written to {run_dir / 'adapter'}" in log
+    assert "token cache: 6 samples" in log  # every sample's frozen-encoder tokens built once (train/token_cache.py)
 
     cfg = load_config(RunConfig, run_dir / "config.yaml")
     assert cfg.fusion.dim == 32 and cfg.train.steps == STEPS and cfg.train.output_dir == str(run_dir)
@@ -140,3 +141,14 @@ def test_resume_continues_with_the_same_losses_as_the_uninterrupted_run(runs):
     a = load_file(str(root / "full" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(root / "resumed" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_token_cache_trains_what_rebuilding_every_step_trains(runs, tmp_path):
+    """Same losses with ``train.token_cache_gib=0`` (the encoders and TMRoPE ids recomputed per step), up to the
+    float rounding of building the samples in other batches."""
+    root, _, _ = runs
+    log = _run(tmp_path / "uncached", "train.token_cache_gib=0", launcher=False)
+    assert "token cache" not in log
+    cached = [m["loss"] for m in _metrics(root / "full")]
+    rebuilt = [m["loss"] for m in _metrics(tmp_path / "uncached")]
+    assert len(rebuilt) == STEPS and torch.allclose(torch.tensor(rebuilt), torch.tensor(cached), rtol=1e-4, atol=1e-5)

@@ -150,7 +150,7 @@ class FusionRecipe:
         budget = int(self.cfg.train.token_cache_gib * 2**30)
         if budget == 0 or any(block.requires for block in self.fusion_blocks()):
             return None
-        return TokenCache(lambda index: self.batch([index]), lambda batch: token_inputs(self.thinker, batch), budget)
+        return TokenCache(self.batch, lambda batch: token_inputs(self.thinker, batch), len(self.source), budget)
 
     def batch(self, indices: list[int]) -> dict:
         """Collated samples on the engine's device, float media in the engine's dtype."""
@@ -200,7 +200,8 @@ class FusionRecipe:
                 scored = self.scored_shares(start, len(labels), len(cfg.fusion.split_shares))
                 candidates, tokens = split_search.candidate_losses(self.thinker, block, batch, labels, scored, tokens)
                 block.force_split(self.exploring_shares(start, candidates.shape[0], candidates.shape[1]))
-            out = self.engine(**batch, av_tokens=tokens)
+            with self.folded_lora():
+                out = self.engine(**batch, av_tokens=tokens)
             aligned = losses.pruned_labels(labels, out.source_index)
             ce = losses.cross_entropy(out.logits, aligned)
             kd = torch.zeros((), device=ce.device)
@@ -230,6 +231,17 @@ class FusionRecipe:
                            step_ms=1000 * (time.perf_counter() - t0), video_kept=int(totals[3]),
                            video_total=int(totals[4]), audio_kept=int(totals[5]), audio_total=int(totals[6]),
                            split=float(totals[7]))
+
+    def folded_lora(self):
+        """The gradient step's LoRA projections as one matmul each, ``(W + s B A) x`` (``train/merged_lora.py``; the
+        same gradients up to float rounding); ZeRO-3 partitions A and B outside its own hooks: no folding there."""
+        from contextlib import nullcontext
+
+        from train.merged_lora import merged_lora
+
+        if self.engine.zero_optimization_stage() == 3:
+            return nullcontext()
+        return merged_lora(self.thinker.model.language_model, grad=True)
 
     def per_sample_draws(self, start: int, batch_size: int, purpose: str, draw) -> torch.Tensor:
         """``draw(generator)`` for every sample of the micro-batch at stream positions ``start ..``, concatenated:

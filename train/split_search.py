@@ -7,8 +7,9 @@ answer's cross-entropy ``l_s`` is recorded. The head regresses on them::
     L_split = mean_{b, s} (l^_bs - l_bs)^2                      l^ = the head's predicted losses in the forward
 
 The search costs up to ``S`` extra language-model passes per step (no backward; fewer where shares keep the same
-tokens, ``loss.split_scored`` of them per sample when set). Which split the gradient step itself
-uses matters (both failures measured on ToyWorld at 10 %):
+tokens, ``loss.split_scored`` of them per sample when set; LoRA folded into the base weights,
+``train/merged_lora.py``). Which split the gradient step itself uses matters (both failures measured on ToyWorld
+at 10 %):
 
 * the head's own choice: LoRA adapts to whatever the head picks and the search keeps confirming it -- the split
   stayed proportional although twice the video tokens cut the shape-count loss from 1.6 to 0;
@@ -67,6 +68,7 @@ def candidate_losses(thinker, block, batch: dict, labels: Tensor, scored: Tensor
     when the caller has them (``train.token_cache``), else they are built here.
     """
     from fusion.model.keep import apply_keep
+    from train.merged_lora import merged_lora
 
     if tokens is None:
         tokens = thinker.build_tokens(requires=block.requires, **token_inputs(thinker, batch))
@@ -83,22 +85,24 @@ def candidate_losses(thinker, block, batch: dict, labels: Tensor, scored: Tensor
     wanted = (twins & wanted[:, None, :]).any(2)  # (B, S) a twin of a scored share is scored too
     fresh = wanted & ~twins.tril(-1).any(2)  # (B, S) run each kept set once: its first share
     losses = torch.zeros(k_video.shape, device=k_video.device)  # (B, S)
-    for s, selection in enumerate(selections):  # S (a few) candidate splits, each on the samples it is new for
-        rows = fresh[:, s].nonzero().squeeze(1)  # (R,)
-        if rows.numel() == 0:
-            continue
-        pruned = apply_keep(tokens, selection, padding_side="right", pad_token_id=pad)  # gathers: cheap
-        width = int(pruned.attention_mask[rows].sum(1).max())  # L' of these rows (right padding)
-        hidden = thinker.model.language_model(inputs_embeds=pruned.inputs_embeds[rows, :width],
-                                              attention_mask=pruned.attention_mask[rows, :width],
-                                              position_ids=pruned.position_ids[:, rows, :width],
-                                              return_dict=True).last_hidden_state  # (R, L', D)
-        targets = pruned_labels(labels[rows], pruned.source_index[rows, :width])  # (R, L')
-        predicts = targets[:, 1:] != IGNORE_INDEX  # (R, L' - 1): position t predicts answer token t + 1
-        token_loss = F.cross_entropy(thinker.lm_head(hidden[:, :-1][predicts]).float(), targets[:, 1:][predicts],
-                                     reduction="none")  # (n,) the LM head only where an answer token is predicted
-        per_row = torch.zeros(len(rows), device=token_loss.device).index_add(0, predicts.nonzero()[:, 0], token_loss)
-        losses[rows, s] = per_row / predicts.sum(1).clamp(min=1)  # 0 for a row without an answer token
+    with merged_lora(thinker.model.language_model):  # LoRA folded into W: one matmul per projection
+        for s, selection in enumerate(selections):  # S (a few) candidate splits, each on the samples it is new for
+            rows = fresh[:, s].nonzero().squeeze(1)  # (R,)
+            if rows.numel() == 0:
+                continue
+            pruned = apply_keep(tokens, selection, padding_side="right", pad_token_id=pad)  # gathers: cheap
+            width = int(pruned.attention_mask[rows].sum(1).max())  # L' of these rows (right padding)
+            hidden = thinker.model.language_model(inputs_embeds=pruned.inputs_embeds[rows, :width],
+                                                  attention_mask=pruned.attention_mask[rows, :width],
+                                                  position_ids=pruned.position_ids[:, rows, :width],
+                                                  return_dict=True).last_hidden_state  # (R, L', D)
+            targets = pruned_labels(labels[rows], pruned.source_index[rows, :width])  # (R, L')
+            predicts = targets[:, 1:] != IGNORE_INDEX  # (R, L' - 1): position t predicts answer token t + 1
+            answer_logits = thinker.lm_head(hidden[:, :-1][predicts]).float()  # (n, V): where an answer is predicted
+            token_loss = F.cross_entropy(answer_logits, targets[:, 1:][predicts], reduction="none")  # (n,)
+            per_row = torch.zeros(len(rows), device=token_loss.device).index_add(0, predicts.nonzero()[:, 0],
+                                                                                 token_loss)  # (R,)
+            losses[rows, s] = per_row / predicts.sum(1).clamp(min=1)  # 0 for a row without an answer token
     first = twins.int().argmax(2)  # (B, S) the first share keeping the same tokens
     return losses.gather(1, first).masked_fill(~wanted, float("nan")), tokens  # (B, S)
 
