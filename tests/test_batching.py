@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from fusion.data.batching import IGNORE_INDEX, collate, labels_for
 from fusion.data.cache import CachedSplit, build_cache
@@ -110,6 +111,22 @@ def test_cache_rebuilds_the_collated_batches(tiny, tmp_path):
         torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-3)
         if mode == "train":
             assert torch.equal(got["labels"], ref.labels)
+
+
+def test_cache_decoded_by_a_pool_equals_the_cache_decoded_in_process(tiny, tmp_path, monkeypatch):
+    """2 forked workers over shards of 2 samples write the same tensors, in the samples' order, as 1 process."""
+    import fusion.data.cache as cache
+
+    processor = tiny[1]
+    samples = [_sample(tmp_path, f"p{i}", seconds=2 + i % 3, audio=i % 4 != 1, answer="ABCD"[i % 4]) for i in range(7)]
+    monkeypatch.setattr(cache, "SHARD_SIZE", 2)  # 7 samples -> 4 shards: the pool path
+    one = load_file(str(build_cache(samples, processor, tmp_path / "one.safetensors", workers=1)))
+    pooled = load_file(str(build_cache(samples, processor, tmp_path / "two.safetensors", workers=2)))
+    assert one.keys() == pooled.keys()
+    for key in one:
+        assert torch.equal(one[key], pooled[key]), key
+    assert CachedSplit(tmp_path / "two.safetensors", processor).ids == [s.id for s in samples]
+    assert one["feature_length"][1] == 0 and one["feature_length"][0] > 0  # the clip without audio is in its place
 
 
 def test_cache_refuses_another_processor(tiny, tmp_path):

@@ -31,6 +31,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -55,24 +56,80 @@ def processor_fingerprint(processor, style: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def build_cache(samples: list[MCQSample], processor, path: str | Path, style: str = "toy",
-                progress: bool = False) -> Path:
-    """Decode + process every sample once (train-mode sequences) and save the tensors to ``path``."""
+def _row(sample: MCQSample, processor, style: str) -> dict:
+    """One sample's processor outputs (train mode: prompt + answer), as the cache stores them."""
     from fusion.data.batching import collate
+
+    batch = collate([sample], processor, mode="train", style=style)
+    x = batch.inputs
+    return {
+        "ids": x["input_ids"][0], "answer_tokens": int((batch.labels[0] != -100).sum()),
+        "pixels": x["pixel_values_videos"].half(), "grid": x["video_grid_thw"][0],
+        "spg": float(x["video_second_per_grid"][0]),
+        "features": x["input_features"][0].half() if "input_features" in x else None,
+        "answer": sample.answer_index, "n_options": len(sample.options),
+    }
+
+
+#: consecutive samples per task of the decoding pool (fewer than two shards' worth decode in this process)
+SHARD_SIZE = 32
+
+#: what a forked decoding worker reads (set by the pool's initializer; fork shares the processor, no pickling)
+_WORKER: dict = {}
+
+
+def _worker_init(processor, style: str) -> None:
+    torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
+    _WORKER.update(processor=processor, style=style)
+
+
+def _worker_rows(shard: list[MCQSample]) -> list[dict]:
+    """A shard's rows with numpy arrays: they pickle by value back to the parent (torch tensors would travel
+    through /dev/shm, which containers often cap at 64 MB)."""
+    rows = [_row(sample, _WORKER["processor"], _WORKER["style"]) for sample in shard]  # one clip per iteration
+    return [{k: v.numpy() if isinstance(v, Tensor) else v for k, v in r.items()} for r in rows]
+
+
+def default_workers() -> int:
+    """Decoding processes for :func:`build_cache`: the cores this process may use, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores))
+
+
+def _decode_rows(samples: list[MCQSample], processor, style: str, workers: int, bar) -> list[dict]:
+    """Every sample's row, in order: in this process (``workers`` <= 1, few samples, or no ``fork``), else in a
+    pool of forked processes over shards of ``SHARD_SIZE`` consecutive samples (decoding is per clip and CPU-bound)."""
+    import multiprocessing as mp
+
+    shard_size = SHARD_SIZE
+    if workers <= 1 or len(samples) < 2 * shard_size or "fork" not in mp.get_all_start_methods():
+        rows = []
+        for sample in samples:  # one clip per iteration
+            rows.append(_row(sample, processor, style))
+            bar.update(1)
+        return rows
+    shards = [samples[i: i + shard_size] for i in range(0, len(samples), shard_size)]
+    rows = []
+    with mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(processor, style)) as pool:
+        for shard_rows in pool.imap(_worker_rows, shards):  # in order, as each shard finishes
+            rows.extend({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in r.items()}
+                        for r in shard_rows)
+            bar.update(len(shard_rows))
+    return rows
+
+
+def build_cache(samples: list[MCQSample], processor, path: str | Path, style: str = "toy",
+                progress: bool = False, workers: int | None = None) -> Path:
+    """Decode + process every sample once (train-mode sequences) and save the tensors to ``path``.
+
+    ``workers``: decoding processes (None: :func:`default_workers`; 1: in this process). The file is the same for
+    any number of workers (the rows keep the samples' order).
+    """
     from fusion.progress import progress as progress_bar
 
-    rows: list[dict] = []
-    bar = progress_bar(samples, desc=f"caching {Path(path).name}", unit="clip", disable=not progress)
-    for sample in bar:  # one clip per iteration
-        batch = collate([sample], processor, mode="train", style=style)
-        x = batch.inputs
-        n_answer = int((batch.labels[0] != -100).sum())
-        rows.append({
-            "ids": x["input_ids"][0], "answer_tokens": n_answer, "pixels": x["pixel_values_videos"].half(),
-            "grid": x["video_grid_thw"][0], "spg": float(x["video_second_per_grid"][0]),
-            "features": x["input_features"][0].half() if "input_features" in x else None,
-            "answer": sample.answer_index, "n_options": len(sample.options),
-        })
+    bar = progress_bar(total=len(samples), desc=f"caching {Path(path).name}", unit="clip", disable=not progress)
+    rows = _decode_rows(samples, processor, style, default_workers() if workers is None else workers, bar)
+    bar.close()
     pad = processor.tokenizer.pad_token_id
     n, width = len(rows), max(len(r["ids"]) for r in rows)
     input_ids = torch.full((n, width), pad, dtype=torch.int32)
