@@ -3,8 +3,8 @@
 Everything ``build_tokens`` computes before the block is frozen (``train/model.py`` refuses LoRA on the encoders
 and the embedding table is never trained) and every sample is deterministic (``DataSource.example``), so a
 sample's unpruned tokens are the same at every visit. Recomputing them was ~1/3 of a toy training step on 2 CPU
-cores (the vision and audio towers, and transformers' per-sample Python ``get_rope_index``); a run of 3,000 steps
-of 16 over 8,000 clips visits each clip 6 times.
+cores (the vision and audio towers, and transformers' per-sample Python ``get_rope_index``); a run of 2,000 steps
+of 16 over 8,000 clips visits each clip 4 times.
 
 On its first visit a sample is built with its whole CHUNK -- the ``chunk`` consecutive indices around it, one
 batched call, all of them cached -- so its values depend on its index alone, not on which samples shared its
