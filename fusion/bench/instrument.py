@@ -15,9 +15,9 @@ import contextlib
 
 import torch
 
-import fusion.model.compression as thinker_module  # where the hook calls attention_received
 import fusion.model.hooked_lm as hooked_lm
 import fusion.model.qwen3_thinker as qwen3_module  # where Qwen3-Omni's hook calls attention_received_tokens
+import fusion.model.token_building as thinker_module  # where build_tokens calls attention_received
 from fusion.bench.flops import FlopTally, ffn_width, prefill_flops
 from fusion.bench.ideal import keep_from_source
 from fusion.bench.memory import PeakMemory
