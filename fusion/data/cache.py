@@ -101,14 +101,13 @@ def _decode_rows(samples: list[MCQSample], processor, style: str, workers: int, 
     pool of forked processes over shards of ``SHARD_SIZE`` consecutive samples (decoding is per clip and CPU-bound)."""
     import multiprocessing as mp
 
-    shard_size = SHARD_SIZE
-    if workers <= 1 or len(samples) < 2 * shard_size or "fork" not in mp.get_all_start_methods():
+    if workers <= 1 or len(samples) < 2 * SHARD_SIZE or "fork" not in mp.get_all_start_methods():
         rows = []
         for sample in samples:  # one clip per iteration
             rows.append(_row(sample, processor, style))
             bar.update(1)
         return rows
-    shards = [samples[i: i + shard_size] for i in range(0, len(samples), shard_size)]
+    shards = [samples[i: i + SHARD_SIZE] for i in range(0, len(samples), SHARD_SIZE)]
     rows = []
     with mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(processor, style)) as pool:
         for shard_rows in pool.imap(_worker_rows, shards):  # in order, as each shard finishes
